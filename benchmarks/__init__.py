@@ -1,0 +1,1 @@
+"""gosok benchmarks: collective and compute benchmarks as registry entries."""

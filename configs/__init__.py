@@ -1,0 +1,1 @@
+"""gosok Hydra config tree (YAML) shipped as package data."""

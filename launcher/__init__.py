@@ -1,0 +1,1 @@
+"""gosok launcher: configs, plans, the Ray layer, results and reports."""

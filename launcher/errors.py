@@ -1,0 +1,35 @@
+"""Exceptions gosok raises on bad input and unusable clusters.
+
+A ``ConfigError`` carries every problem found, each naming the field and the allowed
+values, so the CLI can print them all at once and exit non-zero before starting anything.
+"""
+
+from __future__ import annotations
+
+
+class GosokError(Exception):
+    """Base of gosok's own errors; the CLI prints these without a traceback."""
+
+    exit_code = 1
+
+
+class ConfigError(GosokError):
+    """The composed config is invalid. Raised before any Ray actor starts."""
+
+    exit_code = 2
+
+    def __init__(self, problems: list[str]):
+        self.problems = list(problems)
+        super().__init__("invalid config:\n" + "\n".join(f"  - {p}" for p in self.problems))
+
+
+class ClusterMismatchError(GosokError):
+    """The Ray cluster does not offer what the cluster config asks for."""
+
+    exit_code = 3
+
+
+class CollectiveTimeoutError(GosokError):
+    """A step on the ranks did not finish within its timeout."""
+
+    exit_code = 4
