@@ -15,8 +15,6 @@ from typing import Any
 
 from rich.console import Console
 
-from gosok.benchmarks import collectives  # noqa: F401  (registers the entries)
-from gosok.benchmarks.collectives import collective_step
 from gosok.benchmarks.collectives_report import (
     averages_by_op,
     bandwidths,
@@ -25,7 +23,6 @@ from gosok.benchmarks.collectives_report import (
     plot_busbw,
     reduce_times,
 )
-from gosok.benchmarks.harness import bench_session, run_dir, write_run_results
 from gosok.benchmarks.registry import bench_driver, get
 from gosok.launcher.plan import make_plan, rank_groups, synthetic_nodes
 from gosok.launcher.validate import raise_if, validate_cluster, validate_collectives
@@ -44,6 +41,8 @@ def step_records(
     op: str, dtype: str, bench: Any, groups: list[list[int]], per_rank: list[dict[str, Any]]
 ) -> list[dict[str, Any]]:
     """Turn the per-rank answers of one step into one record per (group, mode)."""
+    from gosok.benchmarks import collectives  # noqa: F401  (registers the entries)
+
     spec = get(op).properties["spec"]
     records = []
     for index, members in enumerate(groups):
@@ -82,6 +81,8 @@ def measure_collectives(
     group: Any, bench: Any, console: Console, groups: list[list[int]] | None = None
 ) -> list[dict[str, Any]]:
     """Run the whole sweep on a live WorkerGroup; print rows as they complete."""
+    from gosok.benchmarks.collectives import collective_step
+
     groups = groups or rank_groups(group.plan, bench.scope)
     sizes = sweep_sizes(bench.min_bytes, bench.max_bytes, bench.step_factor)
     records: list[dict[str, Any]] = []
@@ -171,10 +172,13 @@ def print_dry_run(cfg: Any, console: Console) -> None:
 @bench_driver("collectives")
 def run(cfg: Any, console: Console) -> int:
     world = cfg.cluster.nodes * cfg.cluster.gpus_per_node
+    # Torch and Ray load only after the config is known to be good.
     raise_if(validate_cluster(cfg.cluster) + validate_collectives(cfg.bench, world))
     if cfg.dry_run:
         print_dry_run(cfg, console)
         return 0
+    from gosok.benchmarks.harness import bench_session, run_dir, write_run_results
+
     with bench_session(cfg, cfg.bench.timeout_s) as session:
         records = measure_collectives(session.group, cfg.bench, console)
         ok, problems = verdict(records, cfg.bench.min_busbw_gbps)

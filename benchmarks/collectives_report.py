@@ -21,6 +21,8 @@ MODES = ("out_of_place", "in_place")
 
 def bandwidths(op: str, size_bytes: int, time_us: float, n: int) -> tuple[float, float]:
     """(algbw_gbps, busbw_gbps) for one measurement, exactly as nccl-tests defines them."""
+    from gosok.benchmarks import collectives  # noqa: F401  (registers the entries)
+
     if time_us <= 0:
         return 0.0, 0.0
     algbw = size_bytes / (time_us * 1e-6) / 1e9
