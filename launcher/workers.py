@@ -192,8 +192,14 @@ class WorkerGroup:
         extra_env: dict[str, str] | None = None,
         exclude_node_ids: tuple[str, ...] = (),
         actor_options: dict[str, Any] | None = None,
+        init_process_group: bool = True,
+        shutdown_timeout_s: float = 10.0,
     ) -> None:
         self.cluster = cluster
+        # False: ranks get the torchrun env but no process group (a child process they
+        # start, e.g. a user script, creates its own on MASTER_ADDR:MASTER_PORT).
+        self.init_process_group = init_process_group
+        self.shutdown_timeout_s = shutdown_timeout_s
         self.backend = backend_for(cluster.gpu)
         self.timeout_s = timeout_s
         self.extra_env = dict(extra_env or {})
@@ -296,6 +302,8 @@ class WorkerGroup:
             info.update(extra)
         self.rank_info = described
         self._check_gpu_model()
+        if not self.init_process_group:
+            return plan
         init_times = self._get(
             [a.init_process_group.remote(self.timeout_s) for a in self.actors],
             "init process group",
@@ -339,7 +347,7 @@ class WorkerGroup:
         """Kill every actor and remove the placement group; safe to call twice."""
         if self.actors:
             with contextlib.suppress(Exception):
-                ray.get([a.shutdown.remote() for a in self.actors], timeout=10)
+                ray.get([a.shutdown.remote() for a in self.actors], timeout=self.shutdown_timeout_s)
         for actor in self.actors:
             with contextlib.suppress(Exception):
                 ray.kill(actor, no_restart=True)

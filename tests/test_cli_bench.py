@@ -90,7 +90,8 @@ def test_threshold_miss_exits_non_zero(ray_cluster, tmp_path):
 
 def test_cfg_job_and_multirun(ray_cluster, tmp_path):
     shown = run_gosok("bench", "bench.iters=7", "--cfg", "job")
-    assert shown.returncode == 0 and "iters: 7" in shown.stdout and "gpus_per_node: 2" in shown.stdout
+    assert shown.returncode == 0
+    assert "iters: 7" in shown.stdout and "gpus_per_node: 2" in shown.stdout
     swept = run_gosok("bench", "-m", "bench.ops=[all_reduce]", "bench.max_bytes=1024",
                       "bench.iters=1,2", f"hydra.sweep.dir={tmp_path}")
     assert swept.returncode == 0, swept.stderr[-2000:]
