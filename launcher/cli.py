@@ -32,10 +32,24 @@ _exit_codes: list[int] = []
 def _console() -> Any:
     from rich.console import Console
 
-    return Console(highlight=False, soft_wrap=True)
+    return Console(highlight=False, soft_wrap=True, record=True)
 
 
-def _guarded(task: Callable[[Any, Any], int]) -> Callable[[Any], None]:
+def _save_console(console: Any, command: str) -> None:
+    """Keep what the run printed as ``<run dir>/<command>.log`` beside its results."""
+    from pathlib import Path
+
+    from hydra.core.hydra_config import HydraConfig
+
+    try:
+        out_dir = Path(HydraConfig.get().runtime.output_dir)
+    except ValueError:
+        return
+    if out_dir.resolve() != Path.cwd().resolve() and out_dir.is_dir():
+        (out_dir / f"{command}.log").write_text(console.export_text())
+
+
+def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], None]:
     """Run a task, turning gosok errors into a clean message and an exit code."""
     from gosok.launcher.errors import GosokError
 
@@ -43,6 +57,7 @@ def _guarded(task: Callable[[Any, Any], int]) -> Callable[[Any], None]:
         console = _console()
         try:
             _exit_codes.append(task(cfg, console))
+            _save_console(console, command)
         except GosokError as err:
             console.print(f"[bold red]error:[/] {err}", markup=True)
             sys.exit(err.exit_code)
@@ -99,7 +114,7 @@ def run_hydra(command: str, args: list[str]) -> int:
     sys.argv = [f"gosok-{command}", *args]
     _exit_codes.clear()
     hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
-        _guarded(task)
+        _guarded(task, command)
     )()
     return max(_exit_codes, default=0)
 
