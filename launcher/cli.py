@@ -36,7 +36,7 @@ def _console() -> Any:
 
 
 def _save_console(console: Any, command: str) -> None:
-    """Keep what the run printed as ``<run dir>/<command>.log`` beside its results."""
+    """Keep what the run printed as ``<run dir>/<command>-output.log`` beside its results."""
     from pathlib import Path
 
     from hydra.core.hydra_config import HydraConfig
@@ -46,7 +46,7 @@ def _save_console(console: Any, command: str) -> None:
     except ValueError:
         return
     if out_dir.resolve() != Path.cwd().resolve() and out_dir.is_dir():
-        (out_dir / f"{command}.log").write_text(console.export_text())
+        (out_dir / f"{command}-output.log").write_text(console.export_text())
 
 
 def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], None]:
