@@ -4,5 +4,3 @@ Add a line here when a new ``bench=<name>`` or ``suite=<name>`` driver module ap
 """
 
 from gosok.benchmarks import collectives_driver  # noqa: F401
-from gosok.benchmarks import suite_driver  # noqa: F401  (suite=quick|acceptance|audit)
-from gosok.benchmarks import compute_driver  # noqa: F401

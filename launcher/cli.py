@@ -95,7 +95,6 @@ COMMANDS: dict[str, tuple[str, Callable[[Any, Any], int]]] = {
 
 def _register_launch() -> None:
     try:
-        from gosok.launcher import job_schema  # noqa: F401  (launch schemas)
         from gosok.launcher.launch_command import launch_task
     except ImportError:
         return
