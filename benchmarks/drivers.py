@@ -4,3 +4,4 @@ Add a line here when a new ``bench=<name>`` or ``suite=<name>`` driver module ap
 """
 
 from gosok.benchmarks import collectives_driver  # noqa: F401
+from gosok.benchmarks import compute_driver  # noqa: F401  (bench=gemm, bench=hbm)
