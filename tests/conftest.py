@@ -20,6 +20,18 @@ from gosok.launcher import local_cluster
 from gosok.launcher.schema import ClusterConfig
 
 REPO = Path(__file__).resolve().parent.parent
+
+# nccl-tests doc/PERFORMANCE.md: busbw = algbw x factor(n), written out independently of
+# the registry so tests check the code against the formulas, not against itself.
+NCCL_TESTS_BUSBW_FACTORS = {
+    "all_reduce": lambda n: 2 * (n - 1) / n,
+    "all_gather": lambda n: (n - 1) / n,
+    "reduce_scatter": lambda n: (n - 1) / n,
+    "all_to_all": lambda n: (n - 1) / n,
+    "broadcast": lambda n: 1.0,
+    "reduce": lambda n: 1.0,
+    "sendrecv": lambda n: 1.0,
+}
 SESSION_NODES = 3
 SLOTS = 2
 

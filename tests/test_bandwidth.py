@@ -65,5 +65,6 @@ def test_wrong_count_detects_corruption():
 def test_pattern_is_exact_in_low_precision():
     for dtype in (torch.bfloat16, torch.float16):
         values = pattern(4096, 5, dtype, torch.device("cpu"))
-        assert torch.equal(values.to(torch.float64), pattern(4096, 5, torch.float64,
-                                                              torch.device("cpu")))
+        assert torch.equal(
+            values.to(torch.float64), pattern(4096, 5, torch.float64, torch.device("cpu"))
+        )

@@ -13,26 +13,21 @@ import time
 
 import pytest
 
-from tests.conftest import live_actors, placement_groups_alive, run_gosok
+from tests.conftest import NCCL_TESTS_BUSBW_FACTORS, live_actors, placement_groups_alive, run_gosok
 
-FACTORS = {
-    "all_reduce": lambda n: 2 * (n - 1) / n,
-    "all_gather": lambda n: (n - 1) / n,
-    "reduce_scatter": lambda n: (n - 1) / n,
-    "all_to_all": lambda n: (n - 1) / n,
-    "broadcast": lambda n: 1.0,
-    "reduce": lambda n: 1.0,
-    "sendrecv": lambda n: 1.0,
-}
-SMALL = ["bench.min_bytes=1024", "bench.max_bytes=16384", "bench.iters=3",
-         "bench.warmup_iters=1"]
+SMALL = ["bench.min_bytes=1024", "bench.max_bytes=16384", "bench.iters=3", "bench.warmup_iters=1"]
 
 
 @pytest.fixture(scope="module")
 def bench_run(ray_cluster, tmp_path_factory):
     run_dir = tmp_path_factory.mktemp("bench-run")
-    result = run_gosok("bench", "cluster=local", *SMALL, "bench.dtypes=[float32,bfloat16]",
-                       f"hydra.run.dir={run_dir}")
+    result = run_gosok(
+        "bench",
+        "cluster=local",
+        *SMALL,
+        "bench.dtypes=[float32,bfloat16]",
+        f"hydra.run.dir={run_dir}",
+    )
     return run_dir, result
 
 
@@ -58,7 +53,8 @@ def test_busbw_rederives_from_raw_times(bench_run):
         algbw = record["size_bytes"] / (time_us * 1e-6) / 1e9
         assert record["time_us"] == pytest.approx(time_us, rel=1e-12)
         assert record["algbw_gbps"] == pytest.approx(algbw, rel=1e-9)
-        assert record["busbw_gbps"] == pytest.approx(algbw * FACTORS[record["op"]](n), rel=1e-9)
+        factor = NCCL_TESTS_BUSBW_FACTORS[record["op"]](n)
+        assert record["busbw_gbps"] == pytest.approx(algbw * factor, rel=1e-9)
         assert record["wrong"] == 0
     env = doc["env"]
     assert len(env["nodes"]) == 2 and len({n["ray_node_id"] for n in env["nodes"]}) == 2
@@ -81,8 +77,13 @@ def test_report_rerenders_and_verify_detects_tampering(bench_run, tmp_path):
 
 
 def test_threshold_miss_exits_non_zero(ray_cluster, tmp_path):
-    result = run_gosok("bench", "bench.ops=[all_reduce]", "bench.max_bytes=1024",
-                       "bench.min_busbw_gbps=1000000", f"hydra.run.dir={tmp_path}")
+    result = run_gosok(
+        "bench",
+        "bench.ops=[all_reduce]",
+        "bench.max_bytes=1024",
+        "bench.min_busbw_gbps=1000000",
+        f"hydra.run.dir={tmp_path}",
+    )
     assert result.returncode == 1
     assert "min_busbw_gbps" in result.stdout
     assert json.loads((tmp_path / "results.json").read_text())["summary"]["passed"] is False
@@ -92,18 +93,37 @@ def test_cfg_job_and_multirun(ray_cluster, tmp_path):
     shown = run_gosok("bench", "bench.iters=7", "--cfg", "job")
     assert shown.returncode == 0
     assert "iters: 7" in shown.stdout and "gpus_per_node: 2" in shown.stdout
-    swept = run_gosok("bench", "-m", "bench.ops=[all_reduce]", "bench.max_bytes=1024",
-                      "bench.iters=1,2", f"hydra.sweep.dir={tmp_path}")
+    swept = run_gosok(
+        "bench",
+        "-m",
+        "bench.ops=[all_reduce]",
+        "bench.max_bytes=1024",
+        "bench.iters=1,2",
+        f"hydra.sweep.dir={tmp_path}",
+    )
     assert swept.returncode == 0, swept.stderr[-2000:]
     assert (tmp_path / "0" / "results.json").exists() and (tmp_path / "1" / "results.json").exists()
 
 
 def test_ctrl_c_tears_everything_down(ray_cluster, tmp_path):
     proc = subprocess.Popen(
-        [sys.executable, "-m", "gosok.launcher.cli", "bench", "bench.ops=[all_reduce]",
-         "bench.min_bytes=1048576", "bench.max_bytes=1048576", "bench.iters=100000",
-         "bench.check=false", f"hydra.run.dir={tmp_path}"],
-        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True, env=dict(os.environ))
+        [
+            sys.executable,
+            "-m",
+            "gosok.launcher.cli",
+            "bench",
+            "bench.ops=[all_reduce]",
+            "bench.min_bytes=1048576",
+            "bench.max_bytes=1048576",
+            "bench.iters=100000",
+            "bench.check=false",
+            f"hydra.run.dir={tmp_path}",
+        ],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        env=dict(os.environ),
+    )
     deadline = time.monotonic() + 120
     while time.monotonic() < deadline and len(live_actors()) < 4:
         time.sleep(0.5)
