@@ -87,24 +87,24 @@ def cluster_task(cfg: Any, console: Any) -> int:
     return run_cluster_command(cfg, console)
 
 
+def launch_task(cfg: Any, console: Any) -> int:
+    from gosok.launcher.launch_command import launch_task as run_launch
+
+    return run_launch(cfg, console)
+
+
 COMMANDS: dict[str, tuple[str, Callable[[Any, Any], int]]] = {
     "bench": ("bench", bench_task),
     "cluster": ("cluster_command", cluster_task),
+    "launch": ("launch", launch_task),
 }
-
-
-def _register_launch() -> None:
-    try:
-        from gosok.launcher.launch_command import launch_task
-    except ImportError:
-        return
-    COMMANDS["launch"] = ("launch", launch_task)
 
 
 def run_hydra(command: str, args: list[str]) -> int:
     import hydra
 
     from gosok.benchmarks import drivers  # noqa: F401  (schemas of every driver)
+    from gosok.launcher import job_schema  # noqa: F401  (schemas of gosok launch)
     from gosok.launcher.catalogue import config_dir
     from gosok.launcher.schema import register_schemas
 
@@ -120,7 +120,6 @@ def run_hydra(command: str, args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
-    _register_launch()
     if not args or args[0] in ("-h", "--help", "help"):
         print(USAGE)
         sys.exit(0 if args else 2)
