@@ -60,7 +60,13 @@ class Trainer:
             self.model = fully_shard(model, **kwargs)
         else:
             ids = [device.index] if device.type == "cuda" else None
-            self.model = torch.nn.parallel.DistributedDataParallel(model, device_ids=ids)
+            # DDP rebuilds its gradient buckets after the first step unless it must look
+            # for unused parameters; a restarted run would then sum gradients in another
+            # order than the uninterrupted one. Keeping the first layout makes a resume
+            # from a checkpoint reproduce the uninterrupted run bit for bit.
+            self.model = torch.nn.parallel.DistributedDataParallel(
+                model, device_ids=ids, find_unused_parameters=True
+            )
         self.optim = torch.optim.AdamW(
             self.model.parameters(), lr=job["lr"], weight_decay=job["weight_decay"]
         )
