@@ -207,23 +207,43 @@ def _wait_for_port(host: str, port: int, timeout_s: float, log_dir: str) -> None
     raise GosokError(f"Ray head did not open {host}:{port} in {timeout_s}s; logs in {log_dir}")
 
 
-def _wait_for_nodes(address: str, count: int, timeout_s: float, log_dir: str) -> None:
+def count_slot_nodes(address: str) -> int:
+    """Alive nodes offering rank slots in the cluster at ``address``.
+
+    Runs in a short-lived subprocess when this process is already connected to a
+    (possibly different) Ray cluster, since a process holds one Ray connection at a time.
+    """
     import ray
 
-    os.environ.update(RAY_AUTH_MODE="disabled")
-    owns_connection = not ray.is_initialized()
-    if owns_connection:
-        ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    if ray.is_initialized():
+        probe = (
+            "import ray\n"
+            f"ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)\n"
+            "print(sum(1 for n in ray.nodes() if n['Alive'] and "
+            f"n['Resources'].get({SLOT_RESOURCE!r})))\n"
+        )
+        out = subprocess.run(
+            [sys.executable, "-c", probe],
+            env=ray_env(),
+            capture_output=True,
+            text=True,
+            timeout=120,
+        )
+        return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
-        deadline = time.monotonic() + timeout_s
-        while time.monotonic() < deadline:
-            alive = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get(SLOT_RESOURCE)]
-            if len(alive) >= count:
-                return
-            time.sleep(0.25)
+        return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get(SLOT_RESOURCE))
     finally:
-        if owns_connection:
-            ray.shutdown()
+        ray.shutdown()
+
+
+def _wait_for_nodes(address: str, count: int, timeout_s: float, log_dir: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if count_slot_nodes(address) >= count:
+            return
+        time.sleep(0.5)
     raise GosokError(
         f"local Ray cluster at {address} did not reach {count} nodes in {timeout_s}s; "
         f"logs in {log_dir}"
@@ -256,12 +276,26 @@ def stop(name: str) -> bool:
     return True
 
 
+def wait_until_ready(state: LocalClusterState, timeout_s: float) -> bool:
+    """A recorded cluster whose node sessions are all alive may still be starting (another
+    process just ran ``start``): give its head time to open its port. False if stale."""
+    host, port = state.address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while all(session_alive(p) for p in state.pgids):
+        if port_open(host, int(port)):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return False
+
+
 @contextlib.contextmanager
 def local_cluster(cluster: Any) -> Iterator[tuple[str, bool]]:
     """Yield (address, started_here): reuse a running cluster of that name, or start one
     for the duration of the block and stop it afterwards, also on errors and Ctrl-C."""
     state = load_state(cluster.name)
-    if state and is_running(state):
+    if state and wait_until_ready(state, cluster.local.start_timeout_s):
         yield state.address, False
         return
     if state:
