@@ -13,7 +13,6 @@ Run: ``python -m gosok.benchmarks.launch_overhead --rounds 3 --nodes 2 --slots 2
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import statistics
 import subprocess
@@ -25,6 +24,8 @@ from pathlib import Path
 from omegaconf import OmegaConf
 
 from gosok.launcher import local_cluster
+from gosok.launcher.fingerprint import driver_fingerprint
+from gosok.launcher.results import write_results
 from gosok.launcher.schema import ClusterConfig
 
 SCRIPT = """
@@ -61,6 +62,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--cluster-name", default="local")
+    parser.add_argument("--out", default="benchmarks/results/cpu/launch_overhead.json")
     args = parser.parse_args(argv)
     os.environ["RAY_AUTH_MODE"] = "disabled"
     cluster = OmegaConf.structured(
@@ -96,7 +98,23 @@ def main(argv: list[str] | None = None) -> int:
     print(f"torchrun --standalone : {medians['torchrun']:.2f} s to first step {times['torchrun']}")
     print(f"gosok launch          : {medians['gosok']:.2f} s to first step {times['gosok']}")
     print(f"ratio gosok/torchrun  : {ratio:.2f}x (goal <= 1.5x)")
-    print(json.dumps({"seconds_to_first_step": times, "median_seconds": medians, "ratio": ratio}))
+    write_results(
+        Path(args.out),
+        {
+            "kind": "launch_overhead",
+            "what": "command to first training step: gosok launch (local cluster already up) vs "
+            "torchrun --standalone, same script, same ranks",
+            "device": "cpu",
+            "settings": vars(args),
+            "timing": "time.time() at the command's start vs rank 0's time.time() right after "
+            "its first step; median over rounds",
+            "seconds_to_first_step": times,
+            "median_seconds": medians,
+            "ratio": ratio,
+            "env": driver_fingerprint(),
+        },
+    )
+    print(f"results: {args.out}")
     return 0
 
 
