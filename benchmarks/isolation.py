@@ -287,6 +287,9 @@ def _bisect(
     return outcome
 
 
+LINK_CONFIRMATIONS = 2  # extra readings before a pair is called a bad link
+
+
 def _exhaustive(n_nodes: int, measure: Measure, slow_below: float) -> IsolationOutcome:
     outcome = IsolationOutcome(n_nodes, "exhaustive", 2, slow_below)
     if n_nodes < 3:
@@ -318,5 +321,42 @@ def _exhaustive(n_nodes: int, measure: Measure, slow_below: float) -> IsolationO
     ]
     outcome.culprits = sorted(n for n, score in best.items() if score < line)
     bad = set(outcome.culprits)
-    outcome.bad_links = sorted(p for p, v in values.items() if v < line and not (set(p) & bad))
+    suspects = [p for p, v in values.items() if v < line and not (set(p) & bad)]
+    for _ in range(LINK_CONFIRMATIONS):
+        if not suspects or outcome.round_count >= outcome.budget:
+            break
+        suspects = _confirm_links(suspects, values, measure, outcome, ref, line)
+    outcome.bad_links = sorted(suspects)
     return outcome
+
+
+def _confirm_links(
+    suspects: list[tuple[int, int]],
+    values: dict[tuple[int, int], float],
+    measure: Measure,
+    outcome: IsolationOutcome,
+    ref: float,
+    line: float,
+) -> list[tuple[int, int]]:
+    """Measure suspected pairs again (disjoint ones together) and keep the best reading:
+    a bad link stays slow every time, a noisy dip does not."""
+    pending = list(suspects)
+    while pending:
+        batch: list[tuple[int, int]] = []
+        used: set[int] = set()
+        for pair in pending:
+            if not used & set(pair):
+                batch.append(pair)
+                used |= set(pair)
+        pending = [p for p in pending if p not in batch]
+        measured = measure([list(p) for p in batch])
+        number = len(outcome.rounds) + 1
+        outcome.rounds.append(
+            [
+                GroupResult(number, "confirm", p, p, float(v), ref, float(v) < line)
+                for p, v in zip(batch, measured, strict=True)
+            ]
+        )
+        for pair, value in zip(batch, measured, strict=True):
+            values[pair] = max(values[pair], float(value))
+    return [p for p in suspects if values[p] < line]

@@ -135,6 +135,30 @@ def test_exhaustive_mode_for_tiny_allocations() -> None:
         assert isolate(n, Simulated(set(), noise=0.1)).culprits == []
 
 
+def test_exhaustive_mode_confirms_a_slow_pair_before_naming_a_link() -> None:
+    healthy = Simulated(set(), noise=0.05)
+    readings = {"n": 0}
+
+    def one_dip(groups: list[list[int]]) -> list[float]:
+        values = healthy(groups)
+        readings["n"] += 1
+        if readings["n"] == 1:
+            values[0] *= 0.4  # the first reading of the first pair dips once
+        return values
+
+    outcome = isolate(3, one_dip)
+    assert outcome.culprits == [] and outcome.bad_links == []
+    assert any(g.purpose == "confirm" for r in outcome.rounds for g in r)
+    assert outcome.round_count <= round_budget(3)
+
+
+def test_exhaustive_mode_names_a_link_that_stays_slow() -> None:
+    outcome = isolate(4, Simulated(set(), noise=0.05, links=((1, 3),)))
+    assert outcome.mode == "exhaustive"
+    assert outcome.culprits == [] and outcome.bad_links == [(1, 3)]
+    assert outcome.round_count <= round_budget(4)
+
+
 def test_two_nodes_cannot_be_told_apart() -> None:
     outcome = isolate(2, Simulated({1}))
     assert outcome.culprits == [] and outcome.notes
