@@ -155,41 +155,19 @@ def floor_check(
         elif expectation.fraction_of_spec is not None:
             rule = f"fraction of spec: catalogue has no {basis} for {gpu.key}"
     if floor is None:
-        return Check(
-            phase,
-            metric,
-            scope,
-            subject,
-            node_rank,
-            rank,
-            value,
-            unit,
-            expectation_text,
-            rule,
-            INFO,
-            detail,
-        )
-    if value < floor:
-        status = FAIL
-    elif value < floor * (1.0 + expectation.warn_margin):
-        status = WARN
+        status = INFO
     else:
-        status = PASS
-    rule += f", WARN within +{expectation.warn_margin:.0%}"
+        if value < floor:
+            status = FAIL
+        elif value < floor * (1.0 + expectation.warn_margin):
+            status = WARN
+        else:
+            status = PASS
+        rule += f", WARN within +{expectation.warn_margin:.0%}"
     return Check(
-        phase,
-        metric,
-        scope,
-        subject,
-        node_rank,
-        rank,
-        value,
-        unit,
-        expectation_text,
-        rule,
-        status,
-        detail,
-    )
+        phase, metric, scope, subject, node_rank, rank, value, unit, expectation_text, rule,
+        status, detail,
+    )  # fmt: skip
 
 
 def outlier_checks(

@@ -11,22 +11,13 @@ from gosok.benchmarks.collectives import count_wrong, element_count, pattern, su
 from gosok.benchmarks.collectives_driver import sweep_sizes
 from gosok.benchmarks.collectives_report import bandwidths, reduce_times
 from gosok.benchmarks.registry import get
-
-FORMULAS = {
-    "all_reduce": lambda n: 2 * (n - 1) / n,
-    "all_gather": lambda n: (n - 1) / n,
-    "reduce_scatter": lambda n: (n - 1) / n,
-    "all_to_all": lambda n: (n - 1) / n,
-    "broadcast": lambda n: 1.0,
-    "reduce": lambda n: 1.0,
-    "sendrecv": lambda n: 1.0,
-}
+from tests.conftest import NCCL_TESTS_BUSBW_FACTORS
 
 
-@pytest.mark.parametrize("op", sorted(FORMULAS))
+@pytest.mark.parametrize("op", sorted(NCCL_TESTS_BUSBW_FACTORS))
 @pytest.mark.parametrize("n", [1, 2, 3, 4, 8, 16, 4080])
 def test_busbw_factor_matches_nccl_tests(op, n):
-    assert get(op).busbw_factor(n) == pytest.approx(FORMULAS[op](n))
+    assert get(op).busbw_factor(n) == pytest.approx(NCCL_TESTS_BUSBW_FACTORS[op](n))
 
 
 def test_bandwidth_numbers():
