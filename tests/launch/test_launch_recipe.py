@@ -1,4 +1,4 @@
-"""Recipe mode on the real local Ray cluster: DDP and DeepSpeed ZeRO-2 train the tiny GPT
+"""Recipe mode on the real local Ray cluster: DDP, FSDP and DeepSpeed ZeRO-2 train the tiny GPT
 on gloo and the loss goes down; checkpoints land with a manifest; W&B writes offline
 files for rank 0 only and the API key appears nowhere on disk.
 """
@@ -46,3 +46,18 @@ def test_deepspeed_zero2_recipe_trains(ray_cluster, tmp_path):
     assert metrics["final_loss"] < 0.9 * math.log(64), metrics
     shards = list((run_dir / "checkpoints" / "step-000025" / "ds").glob("zero_pp_rank_*"))
     assert len(shards) == 4  # ZeRO-2: one optimizer partition per rank
+
+
+def test_fsdp_recipe_trains_and_resumes_from_its_checkpoint(ray_cluster, tmp_path):
+    run_dir = tmp_path / "run"
+    common = ("launch", "job=recipe", "job.strategy=fsdp", "checkpoint.every_steps=10",
+              "logger=none", f"hydra.run.dir={run_dir}")  # fmt: skip
+    first = run_gosok(*common, "job.steps=20", cwd=tmp_path, timeout=300)
+    assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
+    loss_at_20 = json.loads((run_dir / "result.json").read_text())["final_loss"]
+    assert loss_at_20 < 0.95 * math.log(64)
+    # Same run directory, more steps: the job resumes from its step-20 checkpoint.
+    second = run_gosok(*common, "job.steps=30", cwd=tmp_path, timeout=300)
+    assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
+    assert "from step 20" in second.stdout or "resum" in second.stdout.lower(), second.stdout
+    assert json.loads((run_dir / "result.json").read_text())["final_loss"] < loss_at_20
