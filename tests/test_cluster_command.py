@@ -29,8 +29,13 @@ def test_up_status_down(tmp_path):
 
 
 def test_up_refuses_a_provider_cluster(tmp_path):
-    result = run_gosok("cluster", "up", "cluster=kt_h200", "cluster.address=10.0.0.1:6379",
-                       env={"GOSOK_STATE_DIR": str(tmp_path)})
+    result = run_gosok(
+        "cluster",
+        "up",
+        "cluster=kt_h200",
+        "cluster.address=10.0.0.1:6379",
+        env={"GOSOK_STATE_DIR": str(tmp_path)},
+    )
     assert result.returncode != 0 and "local clusters only" in result.stdout
 
 

@@ -13,8 +13,15 @@ from gosok.launcher.schema import CollectivesBenchConfig
 from gosok.launcher.workers import WorkerGroup
 from tests.conftest import cluster_config, live_actors, placement_groups_alive
 
-ALL_OPS = ["all_reduce", "all_gather", "reduce_scatter", "broadcast", "reduce", "all_to_all",
-           "sendrecv"]
+ALL_OPS = [
+    "all_reduce",
+    "all_gather",
+    "reduce_scatter",
+    "broadcast",
+    "reduce",
+    "all_to_all",
+    "sendrecv",
+]
 
 
 @pytest.fixture(scope="module")
@@ -26,8 +33,16 @@ def group(ray_cluster):
 
 
 def sweep(group, **overrides):
-    bench = CollectivesBenchConfig(**{"min_bytes": 1024, "max_bytes": 65536, "step_factor": 8,
-                                      "warmup_iters": 1, "iters": 2, **overrides})
+    bench = CollectivesBenchConfig(
+        **{
+            "min_bytes": 1024,
+            "max_bytes": 65536,
+            "step_factor": 8,
+            "warmup_iters": 1,
+            "iters": 2,
+            **overrides,
+        }
+    )
     return measure_collectives(group, bench, Console(quiet=True))
 
 
@@ -36,9 +51,20 @@ def test_ranks_span_two_distinct_nodes(group):
     assert plan.world_size == 4 and plan.backend == "gloo"
     node_ids = [info["node_id"] for info in group.rank_info]
     assert node_ids[0] == node_ids[1] != node_ids[2] == node_ids[3]
-    envs = group.run(lambda ctx: {k: __import__("os").environ[k] for k in
-                                  ("RANK", "LOCAL_RANK", "WORLD_SIZE", "NODE_RANK",
-                                   "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT")})
+    envs = group.run(
+        lambda ctx: {
+            k: __import__("os").environ[k]
+            for k in (
+                "RANK",
+                "LOCAL_RANK",
+                "WORLD_SIZE",
+                "NODE_RANK",
+                "LOCAL_WORLD_SIZE",
+                "MASTER_ADDR",
+                "MASTER_PORT",
+            )
+        }
+    )
     for rank, env in enumerate(envs):
         assert env["RANK"] == str(rank) and env["WORLD_SIZE"] == "4"
         assert env["LOCAL_RANK"] == str(rank % 2) and env["NODE_RANK"] == str(rank // 2)
@@ -50,9 +76,14 @@ def test_every_collective_is_correct(group, dtype):
     records = sweep(group, ops=ALL_OPS, dtypes=[dtype])
     measured = {(r["op"], r["mode"]) for r in records}
     assert measured == {
-        ("all_reduce", "in_place"), ("all_gather", "out_of_place"), ("all_gather", "in_place"),
-        ("reduce_scatter", "out_of_place"), ("reduce_scatter", "in_place"),
-        ("broadcast", "in_place"), ("reduce", "in_place"), ("all_to_all", "out_of_place"),
+        ("all_reduce", "in_place"),
+        ("all_gather", "out_of_place"),
+        ("all_gather", "in_place"),
+        ("reduce_scatter", "out_of_place"),
+        ("reduce_scatter", "in_place"),
+        ("broadcast", "in_place"),
+        ("reduce", "in_place"),
+        ("all_to_all", "out_of_place"),
         ("sendrecv", "out_of_place"),
     }
     for record in records:
@@ -69,9 +100,16 @@ def test_intra_node_scope_measures_each_node(group):
 
 def test_a_corrupted_rank_is_counted_wrong():
     """The check can fail: a rank whose all_reduce result is off is counted per element."""
-    answers = [{"group": 0, "group_rank": r, "count": 8, "size_bytes": 32,
-                "modes": {"in_place": {"time_us": 10.0, "wrong": 3 if r == 1 else 0}}}
-               for r in range(4)]
+    answers = [
+        {
+            "group": 0,
+            "group_rank": r,
+            "count": 8,
+            "size_bytes": 32,
+            "modes": {"in_place": {"time_us": 10.0, "wrong": 3 if r == 1 else 0}},
+        }
+        for r in range(4)
+    ]
     bench = CollectivesBenchConfig()
     records = step_records("all_reduce", "float32", bench, [[0, 1, 2, 3]], answers)
     assert records[0]["wrong"] == 3
@@ -80,8 +118,10 @@ def test_a_corrupted_rank_is_counted_wrong():
 @pytest.mark.parametrize("shape", [dict(nodes=5, gpus_per_node=2), dict(nodes=2, gpus_per_node=3)])
 def test_cluster_that_does_not_match_is_refused(ray_cluster, shape):
     before, pgs_before = len(live_actors()), len(placement_groups_alive())
-    with pytest.raises(ClusterMismatchError, match="only|could not place"), \
-            WorkerGroup(cluster_config(**shape), timeout_s=30):
+    with (
+        pytest.raises(ClusterMismatchError, match="only|could not place"),
+        WorkerGroup(cluster_config(**shape), timeout_s=30),
+    ):
         pass
     assert len(live_actors()) == before
     assert len(placement_groups_alive()) == pgs_before

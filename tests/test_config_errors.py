@@ -45,8 +45,9 @@ def outcomes(tmp_path_factory):
     return state, results
 
 
-@pytest.mark.parametrize("index", range(len(BAD_CONFIGS)),
-                         ids=[" ".join(o) for o, _ in BAD_CONFIGS])
+@pytest.mark.parametrize(
+    "index", range(len(BAD_CONFIGS)), ids=[" ".join(o) for o, _ in BAD_CONFIGS]
+)
 def test_bad_config_is_refused_clearly(outcomes, index):
     state, results = outcomes
     result = results[index]
@@ -60,9 +61,14 @@ def test_bad_config_is_refused_clearly(outcomes, index):
 
 
 def test_dry_run_prints_plan_without_ray(tmp_path):
-    result = run_gosok("bench", "cluster=nhn_b200_510", "cluster.address=10.1.1.1:6379",
-                       "dry_run=true", f"hydra.run.dir={tmp_path}",
-                       env={"GOSOK_STATE_DIR": str(tmp_path)})
+    result = run_gosok(
+        "bench",
+        "cluster=nhn_b200_510",
+        "cluster.address=10.1.1.1:6379",
+        "dry_run=true",
+        f"hydra.run.dir={tmp_path}",
+        env={"GOSOK_STATE_DIR": str(tmp_path)},
+    )
     assert result.returncode == 0, result.stderr
     assert "'world_size': 4080" in result.stdout
     assert "backend': 'nccl'" in result.stdout

@@ -17,8 +17,9 @@ NODES, PER_NODE = 510, 8
 
 @pytest.fixture(scope="module")
 def big_plan():
-    nodes = [NodeSlot(f"id{i:03d}", f"10.0.{i // 256}.{i % 256}", f"gpu{i:03d}")
-             for i in range(NODES)]
+    nodes = [
+        NodeSlot(f"id{i:03d}", f"10.0.{i // 256}.{i % 256}", f"gpu{i:03d}") for i in range(NODES)
+    ]
     return make_plan(nodes, PER_NODE, 29500, "nccl")
 
 
@@ -34,9 +35,14 @@ def test_world_and_rank_packing(big_plan):
 def test_torchrun_env_per_rank(big_plan):
     spec = big_plan.ranks[4079]
     assert spec.env == {
-        "MASTER_ADDR": "10.0.0.0", "MASTER_PORT": "29500", "RANK": "4079",
-        "LOCAL_RANK": "7", "WORLD_SIZE": "4080", "LOCAL_WORLD_SIZE": "8",
-        "NODE_RANK": "509", "GROUP_RANK": "509",
+        "MASTER_ADDR": "10.0.0.0",
+        "MASTER_PORT": "29500",
+        "RANK": "4079",
+        "LOCAL_RANK": "7",
+        "WORLD_SIZE": "4080",
+        "LOCAL_WORLD_SIZE": "8",
+        "NODE_RANK": "509",
+        "GROUP_RANK": "509",
     }
     assert {r.env["MASTER_ADDR"] for r in big_plan.ranks} == {"10.0.0.0"}
 
