@@ -24,19 +24,23 @@ from gosok.launcher.schema import (
 )
 
 
-def one_of(key: str, value: Any, allowed: Sequence[str]) -> list[str]:
+def _listing(values: Sequence[Any]) -> str:
+    return ", ".join(str(v) for v in values)
+
+
+def one_of(key: str, value: Any, allowed: Sequence[Any]) -> list[str]:
     if value not in allowed:
-        return [f"{key}={value!r} is not allowed; allowed values: {', '.join(allowed)}"]
+        return [f"{key}={value!r} is not allowed; allowed values: {_listing(allowed)}"]
     return []
 
 
-def each_of(key: str, values: Iterable[Any], allowed: Sequence[str]) -> list[str]:
+def each_of(key: str, values: Iterable[Any], allowed: Sequence[Any]) -> list[str]:
     values = list(values)
     if not values:
-        return [f"{key} is empty; choose from: {', '.join(allowed)}"]
+        return [f"{key} is empty; choose from: {_listing(allowed)}"]
     bad = [v for v in values if v not in allowed]
     if bad:
-        return [f"{key} has unknown value(s) {bad}; allowed values: {', '.join(allowed)}"]
+        return [f"{key} has unknown value(s) {bad}; allowed values: {_listing(allowed)}"]
     if len(set(values)) != len(values):
         return [f"{key} lists a value twice: {values}"]
     return []

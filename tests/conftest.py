@@ -86,6 +86,40 @@ def run_gosok(
     )
 
 
+def run_refused(
+    command: str, cases: list[list[str]], tmp_path_factory, cwd=None
+) -> tuple[Path, list[subprocess.CompletedProcess]]:
+    """Run ``gosok <command> <overrides>`` for each case (two at a time), each with its own
+    run dir and all sharing one fresh state dir, which must stay empty: nothing started."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    state = tmp_path_factory.mktemp("refused-state")
+    env = {"GOSOK_STATE_DIR": str(state), "HYDRA_FULL_ERROR": "0"}
+
+    def attempt(overrides: list[str]) -> subprocess.CompletedProcess:
+        run_dir = tmp_path_factory.mktemp("refused-run")
+        return run_gosok(
+            command, *overrides, f"hydra.run.dir={run_dir}", env=env, cwd=cwd, timeout=120
+        )
+
+    with ThreadPoolExecutor(max_workers=2) as pool:
+        return state, list(pool.map(attempt, cases))
+
+
+def assert_refused_clearly(
+    result: subprocess.CompletedProcess, needles: list[str], state: Path
+) -> None:
+    """Non-zero exit, every needle (field names, allowed values) in the message, no
+    traceback, no Ray contact, no local cluster recorded."""
+    output = result.stdout + result.stderr
+    assert result.returncode != 0, output
+    for needle in needles:
+        assert needle in output, f"{needle!r} missing from:\n{output}"
+    assert "Traceback" not in output
+    assert "Connected to Ray" not in output and "RankActor" not in output
+    assert not list(state.iterdir()), "a local Ray cluster was started"
+
+
 def live_actors() -> list[dict]:
     """Actors still alive in the connected Ray cluster (a leak check after a run)."""
     from ray._private import state

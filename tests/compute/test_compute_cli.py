@@ -9,12 +9,11 @@ import json
 import statistics
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 
 import pytest
 
 from gosok.launcher.results import write_results
-from tests.conftest import run_gosok
+from tests.conftest import assert_refused_clearly, run_gosok, run_refused
 
 
 @pytest.fixture(scope="module")
@@ -91,24 +90,11 @@ BAD = [
 
 
 def test_malformed_gemm_configs_are_refused(tmp_path_factory):
-    state = tmp_path_factory.mktemp("gemm-no-cluster")
-    env = {"GOSOK_STATE_DIR": str(state), "HYDRA_FULL_ERROR": "0"}
-
-    def attempt(overrides):
-        run_dir = tmp_path_factory.mktemp("gemm-bad")
-        return run_gosok(
-            "bench", "bench=gemm", *overrides, f"hydra.run.dir={run_dir}", env=env, timeout=120
-        )
-
-    with ThreadPoolExecutor(max_workers=2) as pool:
-        results = list(pool.map(attempt, [o for o, _ in BAD]))
-    for (overrides, needles), result in zip(BAD, results, strict=True):
-        output = result.stdout + result.stderr
-        assert result.returncode != 0, (overrides, output)
-        for needle in needles:
-            assert needle in output, f"{overrides}: {needle!r} missing from:\n{output}"
-        assert "Traceback" not in output and "Connected to Ray" not in output
-    assert not list(state.glob("local-*.json")), "a local Ray cluster was started"
+    state, results = run_refused(
+        "bench", [["bench=gemm", *overrides] for overrides, _ in BAD], tmp_path_factory
+    )
+    for (_, needles), result in zip(BAD, results, strict=True):
+        assert_refused_clearly(result, needles, state)
 
 
 def test_dry_run_lists_the_plan_without_ray(tmp_path):

@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import subprocess
 import sys
-from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import pytest
@@ -17,7 +16,7 @@ from omegaconf import OmegaConf
 from gosok.launcher.allocation import check_allocation, track_of
 from gosok.launcher.checkpoint import CheckpointStore, load_state, save_state
 from gosok.launcher.schema import ClusterConfig
-from tests.conftest import run_gosok
+from tests.conftest import assert_refused_clearly, run_gosok, run_refused
 
 SCRIPT = "import torch.distributed as dist\nprint('hello')\n"
 
@@ -128,24 +127,12 @@ MALFORMED = [
 
 
 def test_malformed_configs_fail_clearly_with_nothing_started(workdir, tmp_path_factory):
-    state = tmp_path_factory.mktemp("malformed-state")
-
-    def attempt(case):
-        overrides, needle = case
-        return case, run_gosok(
-            "launch", *overrides, f"hydra.run.dir={workdir / 'run'}",
-            env={"GOSOK_STATE_DIR": str(state)}, cwd=workdir, timeout=120,
-        )  # fmt: skip
-
-    with ThreadPoolExecutor(2) as pool:
-        results = list(pool.map(attempt, MALFORMED))
-    assert len(results) >= 10
-    for (overrides, needle), run in results:
-        text = run.stdout + run.stderr
-        assert run.returncode != 0, overrides
-        assert needle in text, (overrides, text[-2000:])
-        assert "Traceback" not in run.stdout, overrides
-    assert not list(state.iterdir()), "a malformed job must not start a cluster"
+    assert len(MALFORMED) >= 10
+    state, results = run_refused(
+        "launch", [overrides for overrides, _ in MALFORMED], tmp_path_factory, cwd=workdir
+    )
+    for (_, needle), run in zip(MALFORMED, results, strict=True):
+        assert_refused_clearly(run, [needle], state)
 
 
 def test_checkpoint_keep_last_and_manifest(tmp_path):
