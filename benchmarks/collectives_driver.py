@@ -24,7 +24,7 @@ from gosok.benchmarks.collectives_report import (
     reduce_times,
 )
 from gosok.benchmarks.registry import bench_driver, get
-from gosok.launcher.plan import make_plan, rank_groups, synthetic_nodes
+from gosok.launcher.plan import backend_for, make_plan, rank_groups, synthetic_nodes
 from gosok.launcher.validate import raise_if, validate_cluster, validate_collectives
 
 
@@ -151,7 +151,7 @@ def print_dry_run(cfg: Any, console: Console) -> None:
         synthetic_nodes(cluster.nodes),
         cluster.gpus_per_node,
         29500,
-        "gloo" if cluster.gpu == "cpu" else "nccl",
+        backend_for(cluster.gpu),
     )
     groups = rank_groups(plan, bench.scope)
     sizes = sweep_sizes(bench.min_bytes, bench.max_bytes, bench.step_factor)

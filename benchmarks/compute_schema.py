@@ -54,7 +54,7 @@ class ComputeProfile:
     flush_bytes: int = 256 << 20  # L2 flush buffer written between iterations
 
 
-def _cpu_profile() -> ComputeProfile:
+def cpu_profile() -> ComputeProfile:
     return ComputeProfile(
         squares=[256, 512],
         transformer=list(MINI_LAYERS),
@@ -66,7 +66,7 @@ def _cpu_profile() -> ComputeProfile:
     )
 
 
-def _gpu_profile() -> ComputeProfile:
+def gpu_profile() -> ComputeProfile:
     return ComputeProfile(
         squares=[4096, 8192],
         transformer=list(LLAMA3_70B_LAYERS),
@@ -90,8 +90,8 @@ class GemmBenchConfig:
         default_factory=lambda: {"bf16": ["torch"], "fp8": ["auto"], "hbm": ["torch"]}
     )
     profile: str = "auto"
-    cpu: ComputeProfile = field(default_factory=_cpu_profile)
-    gpu: ComputeProfile = field(default_factory=_gpu_profile)
+    cpu: ComputeProfile = field(default_factory=cpu_profile)
+    gpu: ComputeProfile = field(default_factory=gpu_profile)
     warmup_iters: int | None = None
     iters: int | None = None
     hbm_bytes: int | None = None

@@ -28,7 +28,7 @@ import argparse
 import math
 import sys
 import time
-from dataclasses import asdict
+from dataclasses import asdict, replace
 from pathlib import Path
 from typing import Any
 
@@ -39,7 +39,7 @@ from gosok.benchmarks.compute import (
     gemm_shapes,
     hbm_shape,
 )
-from gosok.benchmarks.compute_schema import LLAMA3_70B_LAYERS, MINI_LAYERS, ComputeProfile
+from gosok.benchmarks.compute_schema import ComputeProfile, cpu_profile, gpu_profile
 
 GEMM_BACKENDS: dict[str, tuple[str, ...]] = {
     "gemm_bf16": ("torch", "triton"),
@@ -58,26 +58,10 @@ GOALS = {
 
 
 def sweep_profile(small: bool, args: argparse.Namespace) -> ComputeProfile:
-    if small:
-        profile = ComputeProfile(
-            squares=[128, 256],
-            transformer=list(MINI_LAYERS),
-            tokens=[128],
-            warmup_iters=1,
-            iters=3,
-            hbm_bytes=8 << 20,
-            flush_bytes=4 << 20,
-        )
+    if small:  # the benchmark's CPU profile, trimmed for a smoke test
+        profile = replace(cpu_profile(), squares=[128, 256], tokens=[128], iters=3)
     else:
-        profile = ComputeProfile(
-            squares=[4096, 8192],
-            transformer=list(LLAMA3_70B_LAYERS),
-            tokens=[4096, 16384],
-            warmup_iters=5,
-            iters=50,
-            hbm_bytes=1 << 30,
-            flush_bytes=256 << 20,
-        )
+        profile = gpu_profile()
     if args.squares:
         profile.squares = args.squares
     if args.tokens:

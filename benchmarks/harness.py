@@ -22,17 +22,8 @@ from omegaconf import OmegaConf
 from gosok.launcher.connect import ray_cluster
 from gosok.launcher.fingerprint import driver_fingerprint, per_node_fingerprint
 from gosok.launcher.results import write_results
+from gosok.launcher.run_dir import run_dir
 from gosok.launcher.workers import WorkerGroup
-
-
-def run_dir() -> Path:
-    """Hydra's run directory when running under Hydra, else the current directory."""
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:
-        return Path.cwd()
 
 
 @dataclass

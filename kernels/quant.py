@@ -117,20 +117,23 @@ def quantize_rowwise_lhs(
     a: torch.Tensor, fp8_dtype: torch.dtype = E4M3
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Left operand a [M,K]: one scale per row, scale shape [M,1]."""
-    _check_fp8_dtype(fp8_dtype)
-    _check_matrix(a, "a")
-    scale = amax_to_scale(a.abs().amax(dim=1, keepdim=True), fp8_dtype)
-    return _quantize_with_scale(a, scale, fp8_dtype), scale
+    return _quantize_per_line(a, "a", 1, fp8_dtype)
 
 
 def quantize_rowwise_rhs(
     b: torch.Tensor, fp8_dtype: torch.dtype = E4M3
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Right operand b [K,N]: one scale per column (output channel), scale shape [1,N]."""
+    return _quantize_per_line(b, "b", 0, fp8_dtype)
+
+
+def _quantize_per_line(
+    x: torch.Tensor, name: str, reduce_dim: int, fp8_dtype: torch.dtype
+) -> tuple[torch.Tensor, torch.Tensor]:
     _check_fp8_dtype(fp8_dtype)
-    _check_matrix(b, "b")
-    scale = amax_to_scale(b.abs().amax(dim=0, keepdim=True), fp8_dtype)
-    return _quantize_with_scale(b, scale, fp8_dtype), scale
+    _check_matrix(x, name)
+    scale = amax_to_scale(x.abs().amax(dim=reduce_dim, keepdim=True), fp8_dtype)
+    return _quantize_with_scale(x, scale, fp8_dtype), scale
 
 
 def _pad_to_blocks(x: torch.Tensor, block_rows: int, block_cols: int) -> torch.Tensor:

@@ -18,7 +18,7 @@ import triton
 import triton.language as tl
 
 from .triton_env import interpreter_requested
-from .triton_tiles import tile_coordinates
+from .triton_tiles import gemm_grid, tile_coordinates
 
 INTERPRETED: bool = interpreter_requested()
 
@@ -98,10 +98,7 @@ def bf16_gemm_triton(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
     store_dtype = torch.float32 if INTERPRETED else torch.bfloat16
     out = torch.empty((m, n), device=a.device, dtype=store_dtype)
 
-    def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-
-    _bf16_gemm_kernel[grid](
+    _bf16_gemm_kernel[gemm_grid(m, n)](
         a,
         b,
         out,

@@ -27,7 +27,7 @@ import triton
 import triton.language as tl
 
 from .triton_env import interpreter_requested
-from .triton_tiles import tile_coordinates
+from .triton_tiles import gemm_grid, tile_coordinates
 
 INTERPRETED: bool = interpreter_requested()
 SCALE_BLOCK = 128
@@ -143,10 +143,7 @@ def fp8_gemm_triton(
     sa32 = sa.to(torch.float32)
     sb32 = sb.to(torch.float32)
 
-    def grid(meta: dict) -> tuple[int]:
-        return (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
-
-    _fp8_gemm_kernel[grid](
+    _fp8_gemm_kernel[gemm_grid(m, n)](
         qa,
         qb,
         out,

@@ -11,6 +11,11 @@ import triton
 import triton.language as tl
 
 
+def gemm_grid(m: int, n: int):
+    """Launch grid for a GEMM kernel that maps one program to one BLOCK_M x BLOCK_N tile."""
+    return lambda meta: (triton.cdiv(m, meta["BLOCK_M"]) * triton.cdiv(n, meta["BLOCK_N"]),)
+
+
 @triton.jit
 def tile_coordinates(
     pid,

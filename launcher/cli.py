@@ -39,13 +39,10 @@ def _save_console(console: Any, command: str) -> None:
     """Keep what the run printed as ``<run dir>/<command>-output.log`` beside its results."""
     from pathlib import Path
 
-    from hydra.core.hydra_config import HydraConfig
+    from gosok.launcher.run_dir import hydra_output_dir
 
-    try:
-        out_dir = Path(HydraConfig.get().runtime.output_dir)
-    except ValueError:
-        return
-    if out_dir.resolve() != Path.cwd().resolve() and out_dir.is_dir():
+    out_dir = hydra_output_dir()
+    if out_dir and out_dir != Path.cwd().resolve() and out_dir.is_dir():
         (out_dir / f"{command}-output.log").write_text(console.export_text())
 
 
@@ -54,8 +51,17 @@ def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], N
     from gosok.launcher.errors import GosokError
 
     def wrapped(cfg: Any) -> None:
+        from omegaconf import OmegaConf
+
+        from gosok.launcher.errors import ConfigError
+
         console = _console()
         try:
+            missing = sorted(OmegaConf.missing_keys(cfg))
+            if missing:
+                raise ConfigError(
+                    [f"{key} is required and has no value; set {key}=..." for key in missing]
+                )
             _exit_codes.append(task(cfg, console))
             _save_console(console, command)
         except GosokError as err:
@@ -69,7 +75,6 @@ def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], N
 
 
 def bench_task(cfg: Any, console: Any) -> int:
-    from gosok.benchmarks import drivers  # noqa: F401
     from gosok.benchmarks.registry import driver_for
     from gosok.launcher.errors import ConfigError
 

@@ -27,9 +27,10 @@ from gosok.launcher import job_schema  # noqa: F401  (registers the launch schem
 from gosok.launcher.allocation import describe_allocation
 from gosok.launcher.checkpoint import CheckpointStore
 from gosok.launcher.job_validate import validate_launch
-from gosok.launcher.plan import make_plan, synthetic_nodes
+from gosok.launcher.plan import backend_for, make_plan, synthetic_nodes
 from gosok.launcher.recipe_config import batch_arithmetic, deepspeed_json, recipe_peak_tflops
 from gosok.launcher.results import atomic_write_bytes, write_results
+from gosok.launcher.run_dir import run_dir as current_run_dir
 from gosok.launcher.validate import raise_if
 from gosok.launcher.wandb_logger import redact, wandb_mode
 
@@ -52,15 +53,6 @@ class LaunchPlan:
     recipe: dict[str, Any] | None
     batch: dict[str, int] | None
     total_steps: int | None
-
-
-def hydra_run_dir() -> Path:
-    try:
-        from hydra.core.hydra_config import HydraConfig
-
-        return Path(HydraConfig.get().runtime.output_dir).resolve()
-    except ValueError:
-        return Path.cwd()
 
 
 def stable_run_id(name: str, run_dir: Path) -> str:
@@ -141,7 +133,7 @@ def build_plan(cfg: Any, run_dir: Path, cwd: Path) -> LaunchPlan:
 
 def print_plan(cfg: Any, plan: LaunchPlan, console: Console) -> None:
     cluster, fault = cfg.cluster, cfg.fault
-    backend = "gloo" if cluster.gpu == "cpu" else "nccl"
+    backend = backend_for(cluster.gpu)
     port = cfg.master_port or 29500
     env = {**plan.env, "GOSOK_RESTART_COUNT": "0"}
     ranks = make_plan(synthetic_nodes(cluster.nodes), cluster.gpus_per_node, port, backend, env)
@@ -221,7 +213,7 @@ def summarize(console: Console, plan: LaunchPlan, result: Any, metrics: dict | N
 def launch_task(cfg: Any, console: Console) -> int:
     cwd = Path.cwd()
     raise_if(validate_launch(cfg, cwd))
-    run_dir = hydra_run_dir()
+    run_dir = current_run_dir()
     plan = build_plan(cfg, run_dir, cwd)
     if cfg.dry_run:
         print_plan(cfg, plan, console)

@@ -30,6 +30,7 @@ from pathlib import Path
 from typing import Any
 
 from gosok.launcher.errors import GosokError
+from gosok.launcher.results import atomic_write_bytes
 
 SLOT_RESOURCE = "gosok_slot"
 
@@ -77,10 +78,7 @@ class LocalClusterState:
         return state_file(self.name)
 
     def save(self) -> None:
-        target = self.path()
-        tmp = target.with_suffix(".tmp")
-        tmp.write_text(json.dumps(asdict(self), indent=2))
-        os.replace(tmp, target)
+        atomic_write_bytes(self.path(), json.dumps(asdict(self), indent=2).encode())
 
 
 def state_file(name: str) -> Path:
@@ -190,7 +188,7 @@ def start(cluster: Any) -> LocalClusterState:
             state.save()
             if role == "head":
                 _wait_for_port(ip, port, cluster.local.start_timeout_s, log_dir)
-        _wait_for_nodes(address, cluster.nodes, cluster.local.start_timeout_s, log_dir)
+        wait_for_nodes(address, cluster.nodes, cluster.local.start_timeout_s, log_dir)
     except BaseException:
         stop_sessions(pgids)
         state.path().unlink(missing_ok=True)
@@ -207,43 +205,42 @@ def _wait_for_port(host: str, port: int, timeout_s: float, log_dir: str) -> None
     raise GosokError(f"Ray head did not open {host}:{port} in {timeout_s}s; logs in {log_dir}")
 
 
-def count_slot_nodes(address: str) -> int:
-    """Alive nodes offering rank slots in the cluster at ``address``.
+def wait_for_nodes(address: str, count: int, timeout_s: float, log_dir: str) -> None:
+    """Block until the cluster at ``address`` has ``count`` alive nodes with rank slots.
 
-    Runs in a short-lived subprocess when this process is already connected to a
-    (possibly different) Ray cluster, since a process holds one Ray connection at a time.
+    A process holds one Ray connection at a time, so when this one is already connected
+    (to this or another cluster) the wait runs in a short-lived subprocess.
     """
     import ray
 
     if ray.is_initialized():
-        probe = (
-            "import ray\n"
-            f"ray.init(address={address!r}, logging_level='ERROR', log_to_driver=False)\n"
-            "print(sum(1 for n in ray.nodes() if n['Alive'] and "
-            f"n['Resources'].get({SLOT_RESOURCE!r})))\n"
-        )
-        out = subprocess.run(
+        call = f"wait_for_nodes({address!r}, {count}, {timeout_s}, {log_dir!r})"
+        probe = f"from gosok.launcher.local_cluster import wait_for_nodes; {call}"
+        result = subprocess.run(
             [sys.executable, "-c", probe],
             env=ray_env(),
             capture_output=True,
             text=True,
-            timeout=120,
+            timeout=timeout_s + 60,
         )
-        return int(out.stdout.strip() or 0) if out.returncode == 0 else 0
+        if result.returncode != 0:
+            raise GosokError(
+                result.stderr.strip().splitlines()[-1]
+                if result.stderr
+                else f"local Ray cluster at {address} did not come up; logs in {log_dir}"
+            )
+        return
     os.environ["RAY_AUTH_MODE"] = "disabled"
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
-        return sum(1 for n in ray.nodes() if n["Alive"] and n["Resources"].get(SLOT_RESOURCE))
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            alive = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get(SLOT_RESOURCE)]
+            if len(alive) >= count:
+                return
+            time.sleep(0.25)
     finally:
         ray.shutdown()
-
-
-def _wait_for_nodes(address: str, count: int, timeout_s: float, log_dir: str) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if count_slot_nodes(address) >= count:
-            return
-        time.sleep(0.5)
     raise GosokError(
         f"local Ray cluster at {address} did not reach {count} nodes in {timeout_s}s; "
         f"logs in {log_dir}"

@@ -55,6 +55,11 @@ class Plan:
         }
 
 
+def backend_for(gpu_key: str) -> str:
+    """torch.distributed backend for a catalogue GPU key: gloo on the CPU fallback."""
+    return "gloo" if gpu_key == "cpu" else "nccl"
+
+
 def synthetic_nodes(count: int) -> list[NodeSlot]:
     """Placeholder nodes for a dry run, before Ray has placed anything."""
     width = max(3, len(str(count - 1)))

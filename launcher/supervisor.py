@@ -33,6 +33,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gosok.launcher.errors import GosokError
+from gosok.launcher.plan import backend_for
 from gosok.launcher.results import atomic_write_bytes
 from gosok.launcher.script_runner import dump_stack, log_tail, poll_rank, spawn_rank, stop_rank
 from gosok.launcher.workers import WorkerGroup, alive_nodes, slots_of
@@ -163,7 +164,7 @@ class Supervisor:
         new = [n for n in outcome.failed_node_ids if n not in self.blocklist]
         if not new:
             return
-        backend_key = "nccl" if self.cluster.gpu != "cpu" else "gloo"
+        backend_key = backend_for(self.cluster.gpu)
         usable = [
             n["NodeID"]
             for n in alive_nodes()
@@ -211,7 +212,7 @@ class Supervisor:
 
     def _wait_for_nodes(self) -> None:
         """Give nodes that are still joining (or restarting) time before placing."""
-        backend = "nccl" if self.cluster.gpu != "cpu" else "gloo"
+        backend = backend_for(self.cluster.gpu)
         deadline = time.monotonic() + self.fault.placement_timeout_s
         while time.monotonic() < deadline:
             usable = [

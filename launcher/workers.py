@@ -29,8 +29,8 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from gosok.launcher.errors import ClusterMismatchError, CollectiveTimeoutError
-from gosok.launcher.local_cluster import SLOT_RESOURCE
-from gosok.launcher.plan import NodeSlot, Plan, make_plan
+from gosok.launcher.local_cluster import SLOT_RESOURCE, free_port
+from gosok.launcher.plan import NodeSlot, Plan, backend_for, make_plan
 
 NODE_ID_LABEL = "ray.io/node-id"
 
@@ -92,9 +92,7 @@ class RankActor:
         }
 
     def free_port(self) -> int:
-        with socket.socket() as sock:
-            sock.bind(("", 0))
-            return sock.getsockname()[1]
+        return free_port("")
 
     def setup(self, env: dict[str, str], placement: dict[str, Any]) -> dict[str, Any]:
         os.environ.update(env)
@@ -145,10 +143,6 @@ class RankActor:
         if dist.is_initialized():
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
-
-
-def backend_for(gpu_key: str) -> str:
-    return "gloo" if gpu_key == "cpu" else "nccl"
 
 
 def alive_nodes() -> list[dict[str, Any]]:
