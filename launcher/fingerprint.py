@@ -84,7 +84,13 @@ def node_fingerprint(ctx: Any = None) -> dict[str, Any]:
 
 
 def driver_fingerprint() -> dict[str, Any]:
-    return {"hostname": socket.gethostname(), "argv": sys.argv, **software_versions()}
+    return {
+        "hostname": socket.gethostname(),
+        "cpu_model": _cpu_model(),
+        "cpu_count": os.cpu_count(),
+        "argv": sys.argv,
+        **software_versions(),
+    }
 
 
 def per_node_fingerprint(ctx: Any) -> dict[str, Any] | None:
