@@ -42,7 +42,7 @@ from .scaled_mm import (
     scaled_mm_request_problem,
     to_column_major,
 )
-from .triton_env import triton_problem
+from .triton.env import triton_problem
 
 FP8_BACKENDS: tuple[str, ...] = ("reference", "scaled_mm", "triton")
 AUTO_PREFERENCE: tuple[str, ...] = ("scaled_mm", "triton", "reference")
@@ -220,7 +220,7 @@ def fp8_gemm_quantized(
         return _reference_fp8_gemm(qa, sa, qb, sb, recipe, out_dtype)
     if chosen == "scaled_mm":
         return fp8_gemm_scaled_mm(qa, sa, qb, sb, recipe, out_dtype)
-    from .triton_fp8_gemm import fp8_gemm_triton
+    from .triton.fp8_gemm import fp8_gemm_triton
 
     return fp8_gemm_triton(qa, sa, qb, sb, recipe, out_dtype)
 
@@ -272,6 +272,6 @@ def bf16_gemm(
     problem = triton_problem(a.device)
     if problem is not None:
         raise KernelUnsupportedError(problem)
-    from .triton_bf16_gemm import bf16_gemm_triton
+    from .triton.bf16_gemm import bf16_gemm_triton
 
     return bf16_gemm_triton(a, b)

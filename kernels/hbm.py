@@ -21,7 +21,7 @@ from __future__ import annotations
 import torch
 
 from .errors import KernelUnsupportedError
-from .triton_env import triton_problem
+from .triton.env import triton_problem
 
 HBM_KINDS: dict[str, int] = {"copy": 2, "triad": 3}
 TRIAD_BACKENDS: tuple[str, ...] = ("torch", "triton")
@@ -102,7 +102,7 @@ def _triad_with_triton(a: torch.Tensor, b: torch.Tensor, c: torch.Tensor, scalar
     problem = triton_problem(a.device)
     if problem is not None:
         raise KernelUnsupportedError(problem)
-    from . import triton_triad
+    from .triton import triad as triton_triad
 
     if triton_triad.INTERPRETED and a.dtype != torch.float32:
         raise KernelUnsupportedError(

@@ -1,30 +1,57 @@
-"""The ``gosok`` command: ``gosok bench|cluster|report|launch ...``.
+"""The ``gosok`` command. Each sub-command is a ``Command`` record found through the
+``gosok.commands`` entry points (``pyproject.toml``), so a package adds a command without
+touching this file, and ``gosok --help`` imports nothing heavy.
 
-``bench``, ``cluster`` and ``launch`` take Hydra overrides (``key=value``, group choices such
-as ``cluster=naver_h200_32``, ``-m`` sweeps, ``--cfg job``, ``hydra.run.dir=...``). Bad input
-is refused before anything starts: Hydra refuses unknown keys and wrong types; gosok's
-validation refuses values outside their allowed sets and ranges (exit 2).
+Hydra-driven commands (``bench``, ``cluster``, ``launch``) take overrides (``key=value``,
+group choices such as ``cluster=naver_h200_32``, ``-m`` sweeps, ``--cfg job``,
+``hydra.run.dir=...``). Bad input is refused before anything starts (exit 2).
 
-Run: ``gosok --help``; ``gosok bench cluster=local``; ``gosok cluster up``;
-``gosok report outputs/bench/<run>/results.json``.
+Run: ``gosok --help``; ``gosok bench cluster=local``; ``gosok cluster up``.
 """
 
 from __future__ import annotations
 
 import sys
 from collections.abc import Callable
+from dataclasses import dataclass
 from typing import Any
 
-USAGE = """usage: gosok <command> [hydra overrides ...]
+ENTRY_POINT_GROUP = "gosok.commands"
 
-commands:
-  bench      run a benchmark or suite      gosok bench cluster=local bench=collectives
-  cluster    local Ray cluster / status    gosok cluster up|down|status [cluster=local]
-  launch     launch a training job         gosok launch job=recipe cluster=local
-  report     render / verify / compare     gosok report [verify|compare] results.json ...
 
-Hydra options work after the command: --cfg job, -m (multirun), --help.
-"""
+@dataclass(frozen=True)
+class Command:
+    """One ``gosok <name>`` sub-command: ``run(argv) -> exit code``."""
+
+    name: str
+    summary: str
+    example: str
+    run: Callable[[list[str]], int]
+
+
+def commands() -> dict[str, Command]:
+    """Every registered command by name; a name registered twice is refused."""
+    from importlib.metadata import entry_points
+
+    found: dict[str, Command] = {}
+    for point in sorted(entry_points(group=ENTRY_POINT_GROUP), key=lambda p: p.name):
+        command = point.load()
+        if not isinstance(command, Command) or command.name != point.name:
+            raise TypeError(f"entry point {point.value!r} is not Command {point.name!r}")
+        if command.name in found:
+            raise ValueError(f"gosok command {command.name!r} registered twice")
+        found[command.name] = command
+    return found
+
+
+def usage(found: dict[str, Command]) -> str:
+    lines = ["usage: gosok <command> [arguments ...]", "", "commands:"]
+    lines += [f"  {c.name:<9s}{c.summary:<40s}{c.example}" for c in found.values()]
+    lines += ["", "Hydra commands also take --cfg job, -m (multirun), --help."]
+    return "\n".join(lines)
+
+
+# ---- Hydra-driven commands -------------------------------------------------------------
 
 _exit_codes: list[int] = []
 
@@ -39,7 +66,7 @@ def _save_console(console: Any, command: str) -> None:
     """Keep what the run printed as ``<run dir>/<command>-output.log`` beside its results."""
     from pathlib import Path
 
-    from gosok.launcher.run_dir import hydra_output_dir
+    from gosok.launcher.results.run_dir import hydra_output_dir
 
     out_dir = hydra_output_dir()
     if out_dir and out_dir != Path.cwd().resolve() and out_dir.is_dir():
@@ -48,12 +75,11 @@ def _save_console(console: Any, command: str) -> None:
 
 def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], None]:
     """Run a task, turning gosok errors into a clean message and an exit code."""
-    from gosok.launcher.errors import GosokError
 
     def wrapped(cfg: Any) -> None:
         from omegaconf import OmegaConf
 
-        from gosok.launcher.errors import ConfigError
+        from gosok.launcher.errors import ConfigError, GosokError
 
         console = _console()
         try:
@@ -65,7 +91,9 @@ def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], N
             _exit_codes.append(task(cfg, console))
             _save_console(console, command)
         except GosokError as err:
-            console.print(f"[bold red]error:[/] {err}", markup=True)
+            from rich.markup import escape
+
+            console.print(f"[bold red]error:[/] {escape(str(err))}", markup=True)
             sys.exit(err.exit_code)
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]: ranks and placement groups torn down")
@@ -74,47 +102,21 @@ def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], N
     return wrapped
 
 
-def bench_task(cfg: Any, console: Any) -> int:
-    from gosok.benchmarks.registry import driver_for
-    from gosok.launcher.errors import ConfigError
-
-    name = cfg.suite.name if cfg.get("suite") else cfg.bench.name
-    try:
-        driver = driver_for(name)
-    except KeyError as err:
-        raise ConfigError([str(err.args[0])]) from err
-    return driver(cfg, console)
-
-
-def cluster_task(cfg: Any, console: Any) -> int:
-    from gosok.launcher.cluster_command import run_cluster_command
-
-    return run_cluster_command(cfg, console)
-
-
-def launch_task(cfg: Any, console: Any) -> int:
-    from gosok.launcher.launch_command import launch_task as run_launch
-
-    return run_launch(cfg, console)
-
-
-COMMANDS: dict[str, tuple[str, Callable[[Any, Any], int]]] = {
-    "bench": ("bench", bench_task),
-    "cluster": ("cluster_command", cluster_task),
-    "launch": ("launch", launch_task),
-}
-
-
-def run_hydra(command: str, args: list[str]) -> int:
+def run_hydra(
+    command: str,
+    config_name: str,
+    task: Callable[[Any, Any], int],
+    args: list[str],
+    schemas: Callable[[], None] = lambda: None,
+) -> int:
+    """Compose ``configs/<config_name>.yaml`` with ``args`` and run ``task(cfg, console)``."""
     import hydra
 
-    from gosok.benchmarks import drivers  # noqa: F401  (schemas of every driver)
-    from gosok.launcher import job_schema  # noqa: F401  (schemas of gosok launch)
-    from gosok.launcher.catalogue import config_dir
-    from gosok.launcher.schema import register_schemas
+    from gosok.launcher.config.catalogue import config_dir
+    from gosok.launcher.config.schema import register_schemas
 
+    schemas()
     register_schemas()
-    config_name, task = COMMANDS[command]
     sys.argv = [f"gosok-{command}", *args]
     _exit_codes.clear()
     hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
@@ -125,25 +127,19 @@ def run_hydra(command: str, args: list[str]) -> int:
 
 def main(argv: list[str] | None = None) -> None:
     args = list(sys.argv[1:] if argv is None else argv)
+    found = commands()
     if not args or args[0] in ("-h", "--help", "help"):
-        print(USAGE)
+        print(usage(found))
         sys.exit(0 if args else 2)
-    command, rest = args[0], args[1:]
-    if command == "report":
-        from gosok.launcher.report_command import run_report_command
-
-        sys.exit(run_report_command(rest))
-    if command == "cluster":
-        actions = ("up", "down", "status")
-        if not rest or rest[0] not in actions:
-            print(f"gosok cluster: action must be one of {', '.join(actions)}", file=sys.stderr)
-            sys.exit(2)
-        rest = [f"action={rest[0]}", *rest[1:]]
-    if command not in COMMANDS:
-        print(f"gosok: unknown command {command!r}\n\n{USAGE}", file=sys.stderr)
+    name, rest = args[0], args[1:]
+    if name not in found:
+        print(f"gosok: unknown command {name!r}\n\n{usage(found)}", file=sys.stderr)
         sys.exit(2)
-    sys.exit(run_hydra(command, rest))
+    sys.exit(found[name].run(rest))
 
 
 if __name__ == "__main__":
-    main()
+    # Run the imported module, not this __main__ copy: entry points hold its Command class.
+    from gosok.launcher import cli
+
+    cli.main()

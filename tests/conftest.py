@@ -16,8 +16,8 @@ from pathlib import Path
 import pytest
 from omegaconf import OmegaConf
 
-from gosok.launcher import local_cluster
-from gosok.launcher.schema import ClusterConfig
+from gosok.launcher.cluster import local as local_cluster
+from gosok.launcher.config.schema import ClusterConfig
 
 REPO = Path(__file__).resolve().parent.parent
 

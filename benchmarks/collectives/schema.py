@@ -1,0 +1,89 @@
+"""Typed schema of ``bench=collectives`` (nccl-tests' -b -e -f -w -n -c) and its checks.
+
+``configs/bench/collectives.yaml`` selects this schema; the defaults live here only.
+Use: ``validate_collectives(cfg.bench, world_size)`` returns the problems, each naming
+its key, the value and what is allowed.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from gosok.benchmarks.collectives.ops import COLLECTIVES, DTYPES, MODES
+from gosok.launcher.config.validate import each_of, one_of, positive
+
+SCOPES = ("all", "intra_node", "inter_node")
+TIME_REDUCTIONS = ("avg", "min", "max", "rank0")
+
+
+@dataclass
+class CollectivesBenchConfig:
+    """The collective sweep, in nccl-tests terms."""
+
+    name: str = "collectives"
+    #: Collectives to sweep (any of all_reduce, all_gather, reduce_scatter, broadcast,
+    #: reduce, all_to_all, sendrecv).
+    ops: list[str] = field(default_factory=lambda: COLLECTIVES.names())
+    #: Element types: float32, bfloat16, float16.
+    dtypes: list[str] = field(default_factory=lambda: ["float32"])
+    #: Smallest size in bytes (nccl-tests -b); all_gather & co. count the gathered buffer.
+    min_bytes: int = 1024
+    #: Largest size in bytes (-e).
+    max_bytes: int = 4 * 1024 * 1024
+    #: Size multiplier between steps (-f), at least 2.
+    step_factor: int = 4
+    #: Untimed calls before timing (-w).
+    warmup_iters: int = 2
+    #: Timed back-to-back calls per size (-n).
+    iters: int = 10
+    #: Check results on fresh data once per size (-c): the #wrong column.
+    check: bool = True
+    #: out_of_place and/or in_place (torch offers some ops in one mode only: N/A).
+    modes: list[str] = field(default_factory=lambda: list(MODES))
+    #: all ranks at once, every node alone (intra_node), or local rank 0s (inter_node).
+    scope: str = "all"
+    #: Root rank of broadcast and reduce.
+    root: int = 0
+    #: How per-rank times combine (nccl-tests -a): avg, min, max, rank0.
+    time_reduce: str = "avg"
+    #: Exit 1 when an op's average busbw is below this (GB/s; 0 = off).
+    min_busbw_gbps: float = 0.0
+    #: Seconds one size may take on the ranks before the run is stopped.
+    timeout_s: float = 300.0
+
+
+def sweep_sizes(min_bytes: int, max_bytes: int, step_factor: int) -> list[int]:
+    """nccl-tests' sizes: min_bytes, x step_factor, while <= max_bytes."""
+    sizes = []
+    size = min_bytes
+    while size <= max_bytes:
+        sizes.append(size)
+        size *= step_factor
+    return sizes
+
+
+def validate_collectives(
+    bench: Any, world_size: int | None = None, prefix: str = "bench"
+) -> list[str]:
+    problems: list[str] = []
+    problems += each_of(f"{prefix}.ops", bench.ops, COLLECTIVES.names())
+    problems += each_of(f"{prefix}.dtypes", bench.dtypes, DTYPES)
+    problems += each_of(f"{prefix}.modes", bench.modes, MODES)
+    problems += one_of(f"{prefix}.scope", bench.scope, SCOPES)
+    problems += one_of(f"{prefix}.time_reduce", bench.time_reduce, TIME_REDUCTIONS)
+    problems += positive(f"{prefix}.min_bytes", bench.min_bytes)
+    problems += positive(f"{prefix}.max_bytes", bench.max_bytes)
+    problems += positive(f"{prefix}.step_factor", bench.step_factor, 2)
+    problems += positive(f"{prefix}.warmup_iters", bench.warmup_iters, 0)
+    problems += positive(f"{prefix}.iters", bench.iters)
+    problems += positive(f"{prefix}.timeout_s", bench.timeout_s, 1)
+    problems += positive(f"{prefix}.min_busbw_gbps", bench.min_busbw_gbps, 0)
+    if bench.min_bytes > bench.max_bytes:
+        problems.append(
+            f"{prefix}.min_bytes={bench.min_bytes} is larger than "
+            f"{prefix}.max_bytes={bench.max_bytes}"
+        )
+    if world_size is not None and not 0 <= bench.root < world_size:
+        problems.append(f"{prefix}.root={bench.root} must be in 0..{world_size - 1}")
+    return problems

@@ -1,0 +1,54 @@
+"""Top-level schema of ``gosok bench``: a cluster, a benchmark or a suite, the outputs.
+
+Use: ``register_bench_schemas()`` before Hydra composes ``configs/bench.yaml``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from omegaconf import MISSING
+
+from gosok.launcher.config.schema import ClusterConfig
+
+
+@dataclass
+class OutputConfig:
+    """What a run writes besides its results file."""
+
+    #: Also write PNG plots.
+    plot: bool = True
+    #: File name of the sealed results in the run directory.
+    results_name: str = "results.json"
+
+
+@dataclass
+class BenchRunConfig:
+    """Top-level config of ``gosok bench``."""
+
+    cluster: ClusterConfig = MISSING
+    bench: Any = MISSING
+    #: An acceptance suite (suite=quick|acceptance|audit) runs instead of ``bench``.
+    suite: Any = None
+    output: OutputConfig = field(default_factory=OutputConfig)
+    seed: int = 1234
+    #: Print the plan and exit; nothing is started.
+    dry_run: bool = False
+    #: Seconds a collective may block before the run is stopped.
+    collective_timeout_s: float = 300.0
+
+
+def register_bench_schemas() -> None:
+    """Store the bench schemas in Hydra's ConfigStore (idempotent)."""
+    from hydra.core.config_store import ConfigStore
+
+    from gosok.benchmarks.collectives.schema import CollectivesBenchConfig
+    from gosok.benchmarks.compute.schema import GemmBenchConfig
+    from gosok.benchmarks.suite.schema import SuiteConfig
+
+    cs = ConfigStore.instance()
+    cs.store(name="base_bench_run", node=BenchRunConfig)
+    cs.store(group="bench", name="base_collectives", node=CollectivesBenchConfig)
+    cs.store(group="bench", name="base_gemm", node=GemmBenchConfig)
+    cs.store(group="suite", name="base_suite", node=SuiteConfig)

@@ -1,0 +1,3 @@
+"""Benchmarks of gosok itself: its collective overhead against a bare loop, and its launch time
+against torchrun.
+"""

@@ -1,0 +1,1 @@
+"""``gosok report``: render, verify and compare results files; everything derived from the file."""

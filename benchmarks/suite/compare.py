@@ -1,0 +1,147 @@
+"""What changed between two suite runs: key figures side by side, regressions flagged.
+
+Pure: reads two suite results documents. Cluster-level figures (median GEMM and HBM per
+GPU, median intra-node bus bandwidth, inter-node bus bandwidth, measured
+B200-equivalents, cluster verdict, failing nodes) are always comparable, also across
+providers and cluster sizes; per-node figures are compared for nodes found in both runs
+(same hostname and node rank, or same Ray node id). A figure that dropped by more than
+``tolerance`` is a regression; a verdict that got worse is one too.
+
+Use: ``rows = compare_docs(a, b, tolerance=0.05)``; ``regressions(rows)``.
+"""
+
+from __future__ import annotations
+
+import statistics
+from dataclasses import asdict, dataclass
+from typing import Any
+
+from gosok.benchmarks.suite.verdicts import SEVERITY
+
+REGRESSION, IMPROVED, SAME, CHANGED = "REGRESSION", "improved", "same", "changed"
+
+
+@dataclass(frozen=True)
+class CompareRow:
+    scope: str  # cluster | node <label>
+    figure: str
+    unit: str
+    baseline: float | str | None
+    candidate: float | str | None
+    change: float | None  # relative, (candidate - baseline) / baseline
+    status: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _median(values: list[float]) -> float | None:
+    return statistics.median(values) if values else None
+
+
+def cluster_figures(doc: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
+    """Higher-is-better cluster figures of one run: name -> (value, unit)."""
+    phases = doc.get("phases", {})
+    ranks = phases.get("compute", {}).get("ranks", [])
+    figures: dict[str, tuple[float | None, str]] = {}
+    for dtype in ("bf16", "fp8"):
+        values = [r["gemm"][dtype]["tflops"] for r in ranks if dtype in r["gemm"]]
+        if values:
+            figures[f"gemm_{dtype}_tflops median per GPU"] = (_median(values), "TFLOPS")
+            figures[f"gemm_{dtype}_tflops min per GPU"] = (min(values), "TFLOPS")
+    hbm = [r["hbm"]["gbps"] for r in ranks if r.get("hbm")]
+    if hbm:
+        figures["hbm_gbps median per GPU"] = (_median(hbm), "GB/s")
+    intra = [n["busbw_gbps"] for n in phases.get("intra_node", {}).get("per_node", [])]
+    if intra:
+        figures["intra_node_busbw_gbps median per node"] = (_median(intra), "GB/s")
+        figures["intra_node_busbw_gbps min per node"] = (min(intra), "GB/s")
+    if "busbw_gbps" in phases.get("inter_node", {}):
+        figures["inter_node_busbw_gbps"] = (phases["inter_node"]["busbw_gbps"], "GB/s")
+    measured = doc.get("capacity", {}).get("measured_b200_eq")
+    if measured is not None:
+        figures["measured B200-equivalents"] = (measured, "B200-eq")
+    return figures
+
+
+def node_figures(doc: dict[str, Any]) -> dict[str, dict[str, float]]:
+    """Per-node figures keyed by a label that identifies the node across runs."""
+    labels = {}
+    for node in doc.get("nodes", []):
+        labels[node["node_rank"]] = f"{node.get('hostname') or node['node_id']}#{node['node_rank']}"
+    phases = doc.get("phases", {})
+    out: dict[str, dict[str, float]] = {label: {} for label in labels.values()}
+    per_node_gemm: dict[int, dict[str, list[float]]] = {}
+    for row in phases.get("compute", {}).get("ranks", []):
+        bucket = per_node_gemm.setdefault(row["node_rank"], {})
+        for dtype, g in row["gemm"].items():
+            bucket.setdefault(f"gemm_{dtype}_tflops", []).append(g["tflops"])
+        if row.get("hbm"):
+            bucket.setdefault("hbm_gbps", []).append(row["hbm"]["gbps"])
+    for node, figures in per_node_gemm.items():
+        for name, values in figures.items():
+            out.setdefault(labels.get(node, str(node)), {})[f"{name} median"] = _median(values)
+    for row in phases.get("intra_node", {}).get("per_node", []):
+        label = labels.get(row["node_rank"], str(row["node_rank"]))
+        out.setdefault(label, {})["intra_node_busbw_gbps"] = row["busbw_gbps"]
+    return out
+
+
+def _row(scope: str, figure: str, unit: str, a: float | None, b: float | None, tol: float):
+    if a is None or b is None:
+        return CompareRow(scope, figure, unit, a, b, None, CHANGED if a != b else SAME)
+    change = (b - a) / a if a else 0.0
+    if change < -tol:
+        status = REGRESSION
+    elif change > tol:
+        status = IMPROVED
+    else:
+        status = SAME
+    return CompareRow(scope, figure, unit, a, b, change, status)
+
+
+def compare_docs(a: dict[str, Any], b: dict[str, Any], tolerance: float = 0.05) -> list[CompareRow]:
+    rows: list[CompareRow] = []
+    va, vb = a.get("verdict", {}).get("cluster"), b.get("verdict", {}).get("cluster")
+    if va and vb:
+        worse = SEVERITY[vb] > SEVERITY[va]
+        status = REGRESSION if worse else (IMPROVED if SEVERITY[vb] < SEVERITY[va] else SAME)
+        rows.append(CompareRow("cluster", "verdict", "", va, vb, None, status))
+    fa = len(a.get("verdict", {}).get("failing_nodes", []))
+    fb = len(b.get("verdict", {}).get("failing_nodes", []))
+    rows.append(
+        CompareRow(
+            "cluster",
+            "failing nodes",
+            "nodes",
+            fa,
+            fb,
+            None,
+            REGRESSION if fb > fa else (IMPROVED if fb < fa else SAME),
+        )
+    )
+    ca, cb = cluster_figures(a), cluster_figures(b)
+    for name in sorted(set(ca) | set(cb)):
+        unit = (ca.get(name) or cb.get(name))[1]  # type: ignore[index]
+        rows.append(
+            _row(
+                "cluster",
+                name,
+                unit,
+                (ca.get(name) or (None,))[0],
+                (cb.get(name) or (None,))[0],
+                tolerance,
+            )
+        )
+    na, nb = node_figures(a), node_figures(b)
+    for label in sorted(set(na) & set(nb)):
+        for name in sorted(set(na[label]) & set(nb[label])):
+            unit = "TFLOPS" if "tflops" in name else "GB/s"
+            rows.append(
+                _row(f"node {label}", name, unit, na[label][name], nb[label][name], tolerance)
+            )
+    return rows
+
+
+def regressions(rows: list[CompareRow]) -> list[CompareRow]:
+    return [r for r in rows if r.status == REGRESSION]

@@ -1,0 +1,304 @@
+"""Start, find and stop a local multi-node Ray cluster on this machine (the CPU fallback).
+
+Each "node" is a real ``ray start`` (head first, then workers joining it) bound to a
+loopback address such as 127.0.0.2, which Ray keeps as is (127.0.0.1 would be rewritten to
+the machine's external address). Every node offers ``gpus_per_node`` rank slots as the
+custom resource ``gosok_slot``. Each ``ray start --block`` runs in its own process
+session, so stopping kills the whole session: no Ray process is left behind.
+
+State (address, process groups) lives in ``$GOSOK_STATE_DIR`` (default
+``~/.cache/gosok``) as ``local-<name>.json``, so ``gosok cluster up`` / ``down`` /
+``status`` and ``gosok bench cluster=local`` share one cluster.
+
+Use: ``gosok cluster up``; or ``with local_cluster(cfg.cluster) as address: ...``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Iterator
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import Any
+
+from gosok.launcher.errors import GosokError
+from gosok.launcher.results.store import atomic_write_bytes
+
+SLOT_RESOURCE = "gosok_slot"
+
+
+def ray_env() -> dict[str, str]:
+    """Environment for Ray processes: no auth token, no usage stats."""
+    env = dict(os.environ)
+    env["RAY_AUTH_MODE"] = "disabled"
+    env["RAY_USAGE_STATS_ENABLED"] = "0"
+    return env
+
+
+def state_dir() -> Path:
+    path = Path(os.environ.get("GOSOK_STATE_DIR", Path.home() / ".cache" / "gosok"))
+    path.mkdir(parents=True, exist_ok=True)
+    return path
+
+
+def free_port(host: str) -> int:
+    with socket.socket() as sock:
+        sock.bind((host, 0))
+        return sock.getsockname()[1]
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.5) -> bool:
+    try:
+        with socket.create_connection((host, port), timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+@dataclass
+class LocalClusterState:
+    name: str
+    address: str
+    node_ip: str
+    nodes: int
+    gpus_per_node: int
+    pgids: list[int]
+    log_dir: str
+    started_unix: float
+
+    def path(self) -> Path:
+        return state_file(self.name)
+
+    def save(self) -> None:
+        atomic_write_bytes(self.path(), json.dumps(asdict(self), indent=2).encode())
+
+
+def state_file(name: str) -> Path:
+    return state_dir() / f"local-{name}.json"
+
+
+def load_state(name: str) -> LocalClusterState | None:
+    path = state_file(name)
+    if not path.exists():
+        return None
+    try:
+        return LocalClusterState(**json.loads(path.read_text()))
+    except (ValueError, TypeError):
+        path.unlink(missing_ok=True)
+        return None
+
+
+def session_members(pgid: int) -> list[int]:
+    """Live (non-zombie) processes whose process group is ``pgid``."""
+    members = []
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        fields = stat[stat.rindex(")") + 2 :].split()
+        if fields[0] != "Z" and int(fields[2]) == pgid:
+            members.append(int(entry.name))
+    return members
+
+
+def session_alive(pgid: int) -> bool:
+    return bool(session_members(pgid))
+
+
+def is_running(state: LocalClusterState) -> bool:
+    host, port = state.address.rsplit(":", 1)
+    return all(session_alive(p) for p in state.pgids) and port_open(host, int(port))
+
+
+def _node_command(
+    role: str, head_address: str, port: int, cluster: Any, temp_dir: str
+) -> list[str]:
+    local = cluster.local
+    ip = local.node_ip
+    cmd = [
+        sys.executable,
+        "-m",
+        "ray.scripts.scripts",
+        "start",
+        "--block",
+        f"--node-ip-address={ip}",
+        f"--num-cpus={local.cpus_per_node}",
+        f"--object-store-memory={local.object_store_bytes}",
+        f"--resources={json.dumps({SLOT_RESOURCE: cluster.gpus_per_node})}",
+        "--num-gpus=0",
+        "--disable-usage-stats",
+        f"--dashboard-agent-listen-port={free_port(ip)}",
+        f"--metrics-export-port={free_port(ip)}",
+        f"--runtime-env-agent-port={free_port(ip)}",
+        f"--temp-dir={temp_dir}",
+    ]
+    if role == "head":
+        cmd += [
+            "--head",
+            f"--port={port}",
+            "--include-dashboard=false",
+            f"--ray-client-server-port={free_port(ip)}",
+        ]
+    else:
+        cmd += [f"--address={head_address}"]
+    return cmd
+
+
+def start(cluster: Any) -> LocalClusterState:
+    """Start head + (nodes - 1) workers; wait until all nodes are alive in Ray."""
+    existing = load_state(cluster.name)
+    if existing and is_running(existing):
+        raise GosokError(
+            f"local cluster {cluster.name!r} is already running at {existing.address}; "
+            "`gosok cluster down` first"
+        )
+    ip = cluster.local.node_ip
+    port = cluster.local.port or free_port(ip)
+    address = f"{ip}:{port}"
+    log_dir = tempfile.mkdtemp(prefix=f"gosok-{cluster.name}-")
+    pgids: list[int] = []
+    state = LocalClusterState(
+        cluster.name, address, ip, cluster.nodes, cluster.gpus_per_node, pgids, log_dir, time.time()
+    )
+    try:
+        for index in range(cluster.nodes):
+            role = "head" if index == 0 else "worker"
+            log = open(os.path.join(log_dir, f"node-{index}.log"), "wb")  # noqa: SIM115
+            proc = subprocess.Popen(
+                _node_command(role, address, port, cluster, os.path.join(log_dir, f"ray-{index}")),
+                env=ray_env(),
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,
+            )
+            log.close()
+            pgids.append(proc.pid)
+            state.save()
+            if role == "head":
+                _wait_for_port(ip, port, cluster.local.start_timeout_s, log_dir)
+        wait_for_nodes(address, cluster.nodes, cluster.local.start_timeout_s, log_dir)
+    except BaseException:
+        stop_sessions(pgids)
+        state.path().unlink(missing_ok=True)
+        raise
+    return state
+
+
+def _wait_for_port(host: str, port: int, timeout_s: float, log_dir: str) -> None:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        if port_open(host, port):
+            return
+        time.sleep(0.2)
+    raise GosokError(f"Ray head did not open {host}:{port} in {timeout_s}s; logs in {log_dir}")
+
+
+def wait_for_nodes(address: str, count: int, timeout_s: float, log_dir: str) -> None:
+    """Block until the cluster at ``address`` has ``count`` alive nodes with rank slots.
+
+    A process holds one Ray connection at a time, so when this one is already connected
+    (to this or another cluster) the wait runs in a short-lived subprocess.
+    """
+    import ray
+
+    if ray.is_initialized():
+        call = f"wait_for_nodes({address!r}, {count}, {timeout_s}, {log_dir!r})"
+        probe = f"from gosok.launcher.cluster.local import wait_for_nodes; {call}"
+        result = subprocess.run(
+            [sys.executable, "-c", probe],
+            env=ray_env(),
+            capture_output=True,
+            text=True,
+            timeout=timeout_s + 60,
+        )
+        if result.returncode != 0:
+            raise GosokError(
+                result.stderr.strip().splitlines()[-1]
+                if result.stderr
+                else f"local Ray cluster at {address} did not come up; logs in {log_dir}"
+            )
+        return
+    os.environ["RAY_AUTH_MODE"] = "disabled"
+    ray.init(address=address, logging_level="ERROR", log_to_driver=False)
+    try:
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            alive = [n for n in ray.nodes() if n["Alive"] and n["Resources"].get(SLOT_RESOURCE)]
+            if len(alive) >= count:
+                return
+            time.sleep(0.25)
+    finally:
+        ray.shutdown()
+    raise GosokError(
+        f"local Ray cluster at {address} did not reach {count} nodes in {timeout_s}s; "
+        f"logs in {log_dir}"
+    )
+
+
+def stop_sessions(pgids: list[int], grace_s: float = 3.0) -> None:
+    """SIGTERM each node's process session, then SIGKILL whatever is left."""
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGTERM)
+    deadline = time.monotonic() + grace_s
+    while time.monotonic() < deadline and any(session_alive(p) for p in pgids):
+        time.sleep(0.1)
+    for pgid in pgids:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.killpg(pgid, signal.SIGKILL)
+    for pgid in pgids:  # reap our direct children
+        with contextlib.suppress(ChildProcessError, OSError):
+            os.waitpid(pgid, os.WNOHANG)
+
+
+def stop(name: str) -> bool:
+    """Stop the named local cluster; returns False if none was recorded."""
+    state = load_state(name)
+    if state is None:
+        return False
+    stop_sessions(state.pgids)
+    state.path().unlink(missing_ok=True)
+    return True
+
+
+def wait_until_ready(state: LocalClusterState, timeout_s: float) -> bool:
+    """A recorded cluster whose node sessions are all alive may still be starting (another
+    process just ran ``start``): give its head time to open its port. False if stale."""
+    host, port = state.address.rsplit(":", 1)
+    deadline = time.monotonic() + timeout_s
+    while all(session_alive(p) for p in state.pgids):
+        if port_open(host, int(port)):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.25)
+    return False
+
+
+@contextlib.contextmanager
+def local_cluster(cluster: Any) -> Iterator[tuple[str, bool]]:
+    """Yield (address, started_here): reuse a running cluster of that name, or start one
+    for the duration of the block and stop it afterwards, also on errors and Ctrl-C."""
+    state = load_state(cluster.name)
+    if state and wait_until_ready(state, cluster.local.start_timeout_s):
+        yield state.address, False
+        return
+    if state:
+        stop(cluster.name)
+    state = start(cluster)
+    try:
+        yield state.address, True
+    finally:
+        stop(cluster.name)

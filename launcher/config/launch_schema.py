@@ -1,0 +1,163 @@
+"""Typed schemas of ``gosok launch``: the job (script or recipe), DeepSpeed, logger,
+checkpoints and fault handling, stored in Hydra's ConfigStore.
+
+YAML files under ``configs/job/``, ``configs/deepspeed/`` and ``configs/logger/`` start
+with ``defaults: [<schema>, _self_]``, so a misspelt key or a wrong type is refused at
+compose time. Semantic rules live in ``launcher.job_validate``; allocation rules in
+``launcher.allocation``.
+
+Use: importing this module registers the schemas (``gosok launch`` does it first).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+from hydra.core.config_store import ConfigStore
+from omegaconf import MISSING
+
+from gosok.launcher.config.schema import ClusterConfig
+
+JOB_KINDS = ("script", "recipe")
+STRATEGIES = ("ddp", "fsdp", "deepspeed")
+PRECISIONS = ("bf16", "fp32")
+ZERO_STAGES = (0, 1, 2, 3)
+LOGGER_KINDS = ("wandb", "none")
+WANDB_MODES = ("auto", "offline", "online", "disabled")
+TRACKS = ("auto", "small", "server", "none")
+
+
+@dataclass
+class ScriptJobConfig:
+    """Any torchrun-style script, run unchanged on every rank."""
+
+    kind: str = "script"
+    name: str = "script"
+    script: str = MISSING  # path of the script (relative to the launch directory)
+    args: list[str] = field(default_factory=list)  # argv after the script, never a shell
+    python: str = ""  # interpreter on the nodes; empty: the driver's sys.executable
+    env: dict[str, str] = field(default_factory=dict)  # extra environment for every rank
+    workdir: str = ""  # cwd of the ranks; empty: the launch directory
+
+
+@dataclass
+class ModelConfig:
+    """The built-in GPT-style decoder (tiny by default so it trains on CPU)."""
+
+    vocab_size: int = 64
+    seq_len: int = 32
+    d_model: int = 64
+    n_layers: int = 2
+    n_heads: int = 4
+    d_ff: int = 256
+
+
+@dataclass
+class DataConfig:
+    """Synthetic token streams generated on the ranks (nothing is downloaded)."""
+
+    source: str = "markov"  # markov: a fixed random order-2 Markov chain over the vocab
+    seed: int = 7
+
+
+@dataclass
+class RecipeJobConfig:
+    """The built-in language-model recipe."""
+
+    kind: str = "recipe"
+    name: str = "gpt-tiny"
+    strategy: str = "ddp"
+    precision: str = "fp32"
+    model: ModelConfig = field(default_factory=ModelConfig)
+    data: DataConfig = field(default_factory=DataConfig)
+    steps: int = 60
+    micro_batch: int = 8  # sequences per rank per micro step
+    grad_accum: int = 1
+    lr: float = 3e-3
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    seed: int = 1234
+    log_every: int = 5
+    step_sleep_s: float = 0.0  # stretch each step (tests use it to kill a node mid-run)
+
+
+@dataclass
+class DeepSpeedConfig:
+    """What gosok writes into the generated DeepSpeed JSON (strategy=deepspeed)."""
+
+    zero_stage: int = 2
+    train_batch_size: int | None = None  # None: micro x grad_accum x world (checked if set)
+    overlap_comm: bool = False
+    contiguous_gradients: bool = True
+    reduce_bucket_size: int = 5_000_000
+    offload_optimizer: bool = False
+    torch_adam: bool | None = None  # None: True on CPU (no fused-Adam compile), else False
+
+
+@dataclass
+class LoggerConfig:
+    """Experiment logging: W&B on rank 0, or nothing."""
+
+    kind: str = "wandb"
+    project: str = "gosok"
+    entity: str | None = None
+    mode: str = "auto"  # auto: online if WANDB_API_KEY is set, else offline
+    dir: str = ""  # empty: <run dir>/wandb
+    tags: list[str] = field(default_factory=list)
+
+
+@dataclass
+class CheckpointConfig:
+    """Where checkpoints go (a path every node sees) and how many are kept."""
+
+    dir: str = ""  # empty: <run dir>/checkpoints
+    every_steps: int = 20
+    keep_last: int = 2
+
+
+@dataclass
+class FaultConfig:
+    """Restarts, failover to spare nodes and hang detection."""
+
+    max_failures: int = 3
+    same_failure_limit: int = 2  # the same non-infrastructure failure this often: give up
+    exclude_failed_nodes: bool = True
+    hang_timeout_s: float = 120.0  # no step progress for this long after the first beat
+    startup_timeout_s: float = 600.0  # from spawn to the first beat (DeepSpeed compiles)
+    poll_s: float = 0.5
+    placement_timeout_s: float = 120.0
+
+
+@dataclass
+class AllocationConfig:
+    """Which allocation track the job runs under (see DESIGN.md)."""
+
+    track: str = "auto"  # auto | small | server | none (skip the programme rules)
+
+
+@dataclass
+class LaunchConfig:
+    """Top-level config of ``gosok launch``."""
+
+    cluster: ClusterConfig = MISSING
+    job: Any = MISSING
+    deepspeed: DeepSpeedConfig = field(default_factory=DeepSpeedConfig)
+    logger: LoggerConfig = field(default_factory=LoggerConfig)
+    checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
+    fault: FaultConfig = field(default_factory=FaultConfig)
+    allocation: AllocationConfig = field(default_factory=AllocationConfig)
+    run_id: str = ""  # empty: derived from the run directory (stable across restarts)
+    job_id: str = ""  # W&B group; empty: the job name
+    tee_ranks: list[int] = field(default_factory=lambda: [0])
+    dry_run: bool = False
+    master_port: int = 0  # 0: a free port on rank 0's node
+
+
+def register_launch_schemas() -> None:
+    cs = ConfigStore.instance()
+    cs.store(group="job", name="base_script_job", node=ScriptJobConfig)
+    cs.store(group="job", name="base_recipe_job", node=RecipeJobConfig)
+    cs.store(group="deepspeed", name="base_deepspeed", node=DeepSpeedConfig)
+    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    cs.store(name="base_launch", node=LaunchConfig)

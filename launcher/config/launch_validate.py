@@ -1,0 +1,112 @@
+"""Semantic checks of a composed ``gosok launch`` config, run before anything starts.
+
+Hydra has already refused unknown keys and wrong types (``launcher.job_schema``); this
+adds ranges, closed sets, cross-field rules (batch arithmetic, heads dividing the width,
+tee ranks inside the world) and the programme's allocation rules. Every problem names
+its full key.
+
+Use: ``raise_if(validate_launch(cfg, cwd))``.
+"""
+
+from __future__ import annotations
+
+import re
+import shutil
+from pathlib import Path
+from typing import Any
+
+from gosok.launcher.config.allocation import check_allocation
+from gosok.launcher.config.launch_schema import (
+    JOB_KINDS,
+    LOGGER_KINDS,
+    PRECISIONS,
+    STRATEGIES,
+    TRACKS,
+    WANDB_MODES,
+    ZERO_STAGES,
+)
+from gosok.launcher.config.validate import one_of, positive, validate_cluster
+from gosok.launcher.recipe.config import batch_problems
+
+RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def validate_script(job: Any, cwd: Path) -> list[str]:
+    problems: list[str] = []
+    if not job.script:
+        return ["job.script is empty; give the path of a torchrun-style script"]
+    path = Path(job.script)
+    path = path if path.is_absolute() else cwd / path
+    if not path.is_file():
+        problems.append(f"job.script={job.script!r}: no such file ({path})")
+    if job.python and shutil.which(job.python) is None and not Path(job.python).is_file():
+        problems.append(f"job.python={job.python!r}: no such interpreter")
+    if job.workdir and not Path(job.workdir).is_dir():
+        problems.append(f"job.workdir={job.workdir!r}: no such directory")
+    bad_env = [k for k in job.env if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)]
+    if bad_env:
+        problems.append(f"job.env has invalid variable name(s) {bad_env}")
+    return problems
+
+
+def validate_recipe(job: Any, ds: Any, world: int) -> list[str]:
+    problems: list[str] = []
+    problems += one_of("job.strategy", job.strategy, STRATEGIES)
+    problems += one_of("job.precision", job.precision, PRECISIONS)
+    for key in ("steps", "micro_batch", "grad_accum", "log_every"):
+        problems += positive(f"job.{key}", getattr(job, key))
+    if job.lr <= 0:
+        problems.append(f"job.lr={job.lr} must be > 0")
+    problems += positive("job.step_sleep_s", job.step_sleep_s, 0)
+    problems += positive("job.grad_clip", job.grad_clip, 0)
+    model = job.model
+    for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
+        problems += positive(f"job.model.{key}", getattr(model, key))
+    problems += positive("job.model.seq_len", model.seq_len, 2)
+    if model.n_heads >= 1 and model.d_model % model.n_heads:
+        problems.append(
+            f"job.model.d_model={model.d_model} must be divisible by "
+            f"job.model.n_heads={model.n_heads}"
+        )
+    problems += one_of("job.data.source", job.data.source, ("markov",))
+    if job.strategy == "deepspeed":
+        problems += one_of("deepspeed.zero_stage", ds.zero_stage, ZERO_STAGES)
+        problems += batch_problems(ds, job, world)
+    return problems
+
+
+def validate_launch(cfg: Any, cwd: Path) -> list[str]:
+    cluster = cfg.cluster
+    problems = validate_cluster(cluster)
+    world = cluster.nodes * cluster.gpus_per_node
+    job = cfg.job
+    problems += one_of("job.kind", job.kind, JOB_KINDS)
+    if job.kind == "script":
+        problems += validate_script(job, cwd)
+    elif job.kind == "recipe":
+        problems += validate_recipe(job, cfg.deepspeed, world)
+    problems += positive("checkpoint.every_steps", cfg.checkpoint.every_steps)
+    problems += positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
+    fault = cfg.fault
+    problems += positive("fault.max_failures", fault.max_failures, 0)
+    problems += positive("fault.same_failure_limit", fault.same_failure_limit)
+    for key in ("hang_timeout_s", "startup_timeout_s", "poll_s", "placement_timeout_s"):
+        if getattr(fault, key) <= 0:
+            problems.append(f"fault.{key}={getattr(fault, key)} must be > 0")
+    problems += one_of("logger.kind", cfg.logger.kind, LOGGER_KINDS)
+    problems += one_of("logger.mode", cfg.logger.mode, WANDB_MODES)
+    bad_tee = [r for r in cfg.tee_ranks if not 0 <= r < world]
+    if bad_tee:
+        problems.append(
+            f"tee_ranks {bad_tee} outside the world of {world} rank(s) (0..{world - 1})"
+        )
+    if cfg.run_id and not RUN_ID.match(cfg.run_id):
+        problems.append(
+            f"run_id={cfg.run_id!r}: use 1-64 letters, digits, '_', '.', '-' (W&B run id rules)"
+        )
+    if not 0 <= cfg.master_port <= 65535:
+        problems.append(f"master_port={cfg.master_port} must be in 0..65535 (0: free port)")
+    problems += one_of("allocation.track", cfg.allocation.track, TRACKS)
+    if cfg.allocation.track in TRACKS and cfg.allocation.track != "none":
+        problems += [f"allocation: {p}" for p in check_allocation(cluster, cfg.allocation.track)]
+    return problems

@@ -1,0 +1,1 @@
+"""``gosok launch``: the command, the restart supervisor, checkpoints and W&B logging."""

@@ -1,0 +1,149 @@
+"""Checkpoints on a storage path every node sees: atomic, keep-last-k, with a manifest.
+
+A checkpoint is a directory ``step-000040/``. Writers fill a temporary directory
+``.tmp-step-000040/`` (one writer, or every rank for sharded states), then one process
+commits it: hashes the files, renames the directory into place, rewrites
+``manifest.json`` atomically (temp + rename) and prunes to the newest ``keep_last``. A
+write killed half-way leaves only a temporary directory, which the manifest never names,
+so the previous checkpoint stays the latest loadable one.
+
+Use::
+
+    store = CheckpointStore(path, keep_last=2)
+    tmp = store.begin(step)            # every writer writes under tmp
+    store.commit(step, meta={...})     # one process, after the writers are done
+    entry = store.latest()             # None, or the newest checkpoint that verifies
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from gosok.launcher.results.store import atomic_write_bytes
+
+MANIFEST = "manifest.json"
+FORMAT = "gosok.checkpoints/1"
+
+
+@dataclass
+class CheckpointEntry:
+    step: int
+    path: Path
+    files: dict[str, str] = field(default_factory=dict)
+    meta: dict[str, Any] = field(default_factory=dict)
+    created_unix: float = 0.0
+
+
+def file_sha256(path: Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as handle:
+        for chunk in iter(lambda: handle.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+class CheckpointStore:
+    def __init__(self, root: str | os.PathLike[str], keep_last: int = 2) -> None:
+        if keep_last < 1:
+            raise ValueError(f"keep_last={keep_last} must be >= 1")
+        self.root = Path(root)
+        self.keep_last = keep_last
+
+    @staticmethod
+    def name(step: int) -> str:
+        return f"step-{step:06d}"
+
+    def tmp_path(self, step: int) -> Path:
+        return self.root / f".tmp-{self.name(step)}"
+
+    def begin(self, step: int, clean: bool = True) -> Path:
+        """The temporary directory for ``step``; with clean, a leftover one is emptied
+        (call clean=True from one process only, before the others write)."""
+        tmp = self.tmp_path(step)
+        if clean and tmp.exists():
+            shutil.rmtree(tmp, ignore_errors=True)
+        tmp.mkdir(parents=True, exist_ok=True)
+        return tmp
+
+    def read_manifest(self) -> dict[str, Any]:
+        path = self.root / MANIFEST
+        if not path.exists():
+            return {"format": FORMAT, "checkpoints": []}
+        return json.loads(path.read_text())
+
+    def commit(self, step: int, meta: dict[str, Any] | None = None) -> CheckpointEntry:
+        tmp = self.tmp_path(step)
+        if not tmp.is_dir():
+            raise FileNotFoundError(f"no checkpoint being written for step {step} ({tmp})")
+        files = {
+            str(p.relative_to(tmp)): file_sha256(p) for p in sorted(tmp.rglob("*")) if p.is_file()
+        }
+        final = self.root / self.name(step)
+        manifest = self.read_manifest()
+        entries = [e for e in manifest["checkpoints"] if e["step"] != step]
+        if final.exists():  # written by an attempt that died before its manifest update
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        entry = {
+            "step": step,
+            "dir": final.name,
+            "files": files,
+            "meta": dict(meta or {}),
+            "created_unix": time.time(),
+        }
+        entries = sorted([*entries, entry], key=lambda e: e["step"])
+        kept, dropped = entries[-self.keep_last :], entries[: -self.keep_last]
+        manifest.update(format=FORMAT, checkpoints=kept, latest_step=kept[-1]["step"])
+        atomic_write_bytes(self.root / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
+        for old in dropped:
+            shutil.rmtree(self.root / old["dir"], ignore_errors=True)
+        self._remove_stale_tmp(keep=None)
+        return self._entry(entry)
+
+    def _remove_stale_tmp(self, keep: Path | None) -> None:
+        for tmp in self.root.glob(".tmp-step-*"):
+            if tmp != keep:
+                shutil.rmtree(tmp, ignore_errors=True)
+
+    def _entry(self, raw: dict[str, Any]) -> CheckpointEntry:
+        return CheckpointEntry(
+            raw["step"], self.root / raw["dir"], raw["files"], raw["meta"], raw["created_unix"]
+        )
+
+    def entries(self) -> list[CheckpointEntry]:
+        return [self._entry(e) for e in self.read_manifest()["checkpoints"]]
+
+    def verify(self, entry: CheckpointEntry) -> bool:
+        try:
+            return all(file_sha256(entry.path / n) == h for n, h in entry.files.items())
+        except OSError:
+            return False
+
+    def latest(self, verify: bool = True) -> CheckpointEntry | None:
+        """The newest checkpoint in the manifest whose files are all present and intact."""
+        for entry in reversed(self.entries()):
+            if not verify or self.verify(entry):
+                return entry
+        return None
+
+
+def save_state(store: CheckpointStore, step: int, state: dict[str, Any], meta: dict) -> Path:
+    """Single-writer save of a torch state dict (the DDP path)."""
+    import torch
+
+    tmp = store.begin(step)
+    torch.save(state, tmp / "state.pt")
+    return store.commit(step, meta).path
+
+
+def load_state(entry: CheckpointEntry) -> dict[str, Any]:
+    import torch
+
+    return torch.load(entry.path / "state.pt", map_location="cpu", weights_only=False)

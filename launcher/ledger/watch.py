@@ -1,0 +1,92 @@
+"""``gosok ledger watch`` on one node: sample this machine and write its utilisation
+samples and idle spans to the ledger.
+
+Use::
+
+    from gosok.launcher.ledger.db import Ledger
+    from gosok.launcher.ledger.watch import watch
+
+    with Ledger.open(path) as ledger:
+        summary = watch(ledger, cluster="h200", interval_s=5, duration_s=3600)
+
+It runs for ``duration_s`` seconds, or until Ctrl-C when that is ``None``, writing every
+``flush_s`` seconds. An idle span is written once it has ended (a busy sample follows it),
+or at the end of the watch when it is still going. Node-local: running it on every node
+of a cluster is the caller's business.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Callable
+from typing import Any
+
+from .sampler import UtilSampler, idle_spans, trailing_idle
+
+
+def watch(
+    ledger: Any,
+    cluster: str,
+    interval_s: float = 5.0,
+    duration_s: float | None = None,
+    idle_below: float = 5.0,
+    idle_for_s: float = 60.0,
+    node: str | None = None,
+    *,
+    flush_s: float = 30.0,
+    job_id: str | None = None,
+    sampler: UtilSampler | None = None,
+    stop: threading.Event | None = None,
+    on_flush: Callable[[dict[str, Any]], None] | None = None,
+) -> dict[str, Any]:
+    """Sample until ``duration_s`` passes, ``stop`` is set, or Ctrl-C; returns
+    ``{"node", "samples", "idle_spans", "seconds", "dropped", "interrupted"}``."""
+    sampler = sampler or UtilSampler(interval_s, node, cluster=cluster, job_id=job_id)
+    stop = stop or threading.Event()
+    summary: dict[str, Any] = {
+        "node": sampler.node,
+        "samples": 0,
+        "idle_spans": 0,
+        "interrupted": False,
+    }
+    carry: list[dict[str, Any]] = []
+
+    def flush(rows: list[dict[str, Any]], final: bool) -> None:
+        nonlocal carry
+        summary["samples"] += ledger.add_samples(rows)
+        window = carry + rows
+        for span in idle_spans(window, idle_below, idle_for_s):
+            if final or not span["open"]:
+                ledger.add_idle_span(
+                    span["cluster"],
+                    span["node"],
+                    span["start_unix"],
+                    span["end_unix"],
+                    span["mean_util_pct"],
+                    device=span["device"],
+                )
+                summary["idle_spans"] += 1
+        carry = [] if final else list(trailing_idle(window, idle_below))
+        if on_flush is not None:
+            on_flush(dict(summary))
+
+    began = time.monotonic()
+    deadline = None if duration_s is None else began + duration_s
+    sampler.start()
+    try:
+        while not stop.is_set():
+            now = time.monotonic()
+            if deadline is not None and now >= deadline:
+                break
+            wait = flush_s if deadline is None else min(flush_s, deadline - now)
+            if stop.wait(max(wait, 0.0)):
+                break
+            flush(sampler.drain(), final=False)
+    except KeyboardInterrupt:
+        summary["interrupted"] = True
+    finally:
+        flush(sampler.stop(), final=True)
+    summary["seconds"] = time.monotonic() - began
+    summary["dropped"] = sampler.dropped
+    return summary

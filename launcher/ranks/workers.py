@@ -1,0 +1,352 @@
+"""Ranks on a Ray cluster: one placement group, one actor per rank, torch.distributed up.
+
+``WorkerGroup`` reserves one bundle per node (STRICT_SPREAD, ranks packed per node),
+starts one ``RankActor`` per rank, builds the ``Plan`` from the nodes Ray actually chose
+(node rank = bundle index, identity = Ray node id, never the IP: local nodes share one),
+gives every rank the torchrun environment and initialises the process group (NCCL on GPU,
+gloo on CPU). ``run(fn, ...)`` calls ``fn(ctx, ...)`` on every rank with a timeout.
+Teardown always happens (context manager): actors killed, placement group removed.
+
+Use::
+
+    with WorkerGroup(cluster_cfg, timeout_s=120) as group:
+        results = group.run(my_rank_fn, arg)       # list, index = rank
+"""
+
+from __future__ import annotations
+
+import contextlib
+import datetime
+import os
+import socket
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from typing import Any
+
+import ray
+from ray.exceptions import GetTimeoutError
+from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
+
+from gosok.launcher.cluster.local import SLOT_RESOURCE, free_port
+from gosok.launcher.errors import ClusterMismatchError, CollectiveTimeoutError
+from gosok.launcher.ranks.plan import NodeSlot, Plan, backend_for, make_plan
+
+NODE_ID_LABEL = "ray.io/node-id"
+
+
+@dataclass
+class RankContext:
+    """What a rank function receives: its place in the world and its device."""
+
+    rank: int
+    local_rank: int
+    node_rank: int
+    world_size: int
+    local_world_size: int
+    node_id: str
+    hostname: str
+    device: str
+    backend: str
+    groups: dict[tuple[int, ...], Any] = field(default_factory=dict)
+    state: dict[str, Any] = field(default_factory=dict)
+
+    def torch_device(self):
+        import torch
+
+        return torch.device(self.device)
+
+    def group_for(self, groups: list[list[int]]) -> tuple[int, Any] | tuple[None, None]:
+        """Create (once, in the same order on every rank) the process groups for
+        ``groups`` and return (group index, handle) for the one this rank is in."""
+        import torch.distributed as dist
+
+        mine: tuple[int, Any] | tuple[None, None] = (None, None)
+        for index, members in enumerate(groups):
+            key = tuple(members)
+            if key not in self.groups:
+                if len(key) == self.world_size:
+                    self.groups[key] = dist.group.WORLD
+                else:
+                    self.groups[key] = dist.new_group(list(key))
+            if self.rank in key:
+                mine = (index, self.groups[key])
+        return mine
+
+
+@ray.remote
+class RankActor:
+    """One rank: holds its process group and runs functions sent by the driver."""
+
+    def __init__(self) -> None:
+        self.ctx: RankContext | None = None
+
+    def describe(self) -> dict[str, Any]:
+        context = ray.get_runtime_context()
+        return {
+            "node_id": context.get_node_id(),
+            "ip": ray.util.get_node_ip_address(),
+            "hostname": socket.gethostname(),
+            "pid": os.getpid(),
+            "gpu_ids": [str(g) for g in ray.get_gpu_ids()],
+        }
+
+    def free_port(self) -> int:
+        return free_port("")
+
+    def setup(self, env: dict[str, str], placement: dict[str, Any]) -> dict[str, Any]:
+        os.environ.update(env)
+        device = "cpu"
+        info: dict[str, Any] = {}
+        if placement["backend"] == "nccl":
+            import torch
+
+            torch.cuda.set_device(placement["local_rank"])
+            device = f"cuda:{placement['local_rank']}"
+            info["device_name"] = torch.cuda.get_device_name()
+            info["capability"] = ".".join(map(str, torch.cuda.get_device_capability()))
+        self.ctx = RankContext(
+            rank=placement["rank"],
+            local_rank=placement["local_rank"],
+            node_rank=placement["node_rank"],
+            world_size=placement["world_size"],
+            local_world_size=placement["local_world_size"],
+            node_id=placement["node_id"],
+            hostname=socket.gethostname(),
+            device=device,
+            backend=placement["backend"],
+        )
+        return info
+
+    def init_process_group(self, timeout_s: float) -> float:
+        import time
+
+        import torch.distributed as dist
+
+        assert self.ctx is not None
+        start = time.perf_counter()
+        dist.init_process_group(
+            backend=self.ctx.backend,
+            rank=self.ctx.rank,
+            world_size=self.ctx.world_size,
+            timeout=datetime.timedelta(seconds=timeout_s),
+        )
+        return time.perf_counter() - start
+
+    def call(self, fn: Callable[..., Any], *args: Any, **kwargs: Any) -> Any:
+        assert self.ctx is not None, "setup() must run before call()"
+        return fn(self.ctx, *args, **kwargs)
+
+    def shutdown(self) -> None:
+        import torch.distributed as dist
+
+        if dist.is_initialized():
+            with contextlib.suppress(Exception):
+                dist.destroy_process_group()
+
+
+def alive_nodes() -> list[dict[str, Any]]:
+    return [n for n in ray.nodes() if n["Alive"]]
+
+
+def slots_of(node: dict[str, Any], backend: str) -> int:
+    resources = node["Resources"]
+    if backend == "nccl":
+        return int(resources.get("GPU", 0))
+    return int(resources.get(SLOT_RESOURCE, 0))
+
+
+def check_cluster(cluster: Any, backend: str, exclude_node_ids: tuple[str, ...] = ()) -> None:
+    """Refuse clearly when the Ray cluster cannot host cluster.nodes x cluster.gpus_per_node."""
+    unit = "GPU" if backend == "nccl" else f"'{SLOT_RESOURCE}' slots"
+    nodes = [n for n in alive_nodes() if n["NodeID"] not in exclude_node_ids]
+    fitting = [n for n in nodes if slots_of(n, backend) >= cluster.gpus_per_node]
+    if len(fitting) < cluster.nodes:
+        seen = (
+            ", ".join(
+                f"{n['NodeID'][:8]}@{n['NodeManagerAddress']}={slots_of(n, backend)}" for n in nodes
+            )
+            or "none"
+        )
+        raise ClusterMismatchError(
+            f"cluster {cluster.name!r} asks for {cluster.nodes} node(s) with "
+            f"{cluster.gpus_per_node} {unit} each, but the Ray cluster has only "
+            f"{len(fitting)} such node(s) alive (nodes: {seen}). Fix cluster.nodes / "
+            f"cluster.gpus_per_node or the cluster."
+        )
+
+
+class WorkerGroup:
+    """A placement group + one actor per rank + initialised process groups."""
+
+    def __init__(
+        self,
+        cluster: Any,
+        timeout_s: float = 300.0,
+        extra_env: dict[str, str] | None = None,
+        exclude_node_ids: tuple[str, ...] = (),
+        actor_options: dict[str, Any] | None = None,
+        init_process_group: bool = True,
+        shutdown_timeout_s: float = 10.0,
+    ) -> None:
+        self.cluster = cluster
+        # False: ranks get the torchrun env but no process group (a child process they
+        # start, e.g. a user script, creates its own on MASTER_ADDR:MASTER_PORT).
+        self.init_process_group = init_process_group
+        self.shutdown_timeout_s = shutdown_timeout_s
+        self.backend = backend_for(cluster.gpu)
+        self.timeout_s = timeout_s
+        self.extra_env = dict(extra_env or {})
+        self.exclude_node_ids = tuple(exclude_node_ids)
+        self.actor_options = dict(actor_options or {})
+        self.pg = None
+        self.actors: list[Any] = []
+        self.plan: Plan | None = None
+        self.rank_info: list[dict[str, Any]] = []
+        self.pg_init_seconds: float = 0.0
+
+    def __enter__(self) -> WorkerGroup:
+        try:
+            self.start()
+        except BaseException:
+            self.shutdown()
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.shutdown()
+
+    def _bundle(self) -> dict[str, float]:
+        per_node = self.cluster.gpus_per_node
+        if self.backend == "nccl":
+            return {"GPU": float(per_node)}
+        return {SLOT_RESOURCE: float(per_node)}
+
+    def _rank_resources(self) -> dict[str, Any]:
+        if self.backend == "nccl":
+            return {"num_gpus": 1, "num_cpus": 0}
+        return {"num_cpus": 0, "resources": {SLOT_RESOURCE: 1}}
+
+    def start(self) -> Plan:
+        cluster = self.cluster
+        check_cluster(cluster, self.backend, self.exclude_node_ids)
+        selector = None
+        if self.exclude_node_ids:
+            excluded = ",".join(self.exclude_node_ids)
+            selector = [{NODE_ID_LABEL: f"!in({excluded})"}] * cluster.nodes
+        self.pg = placement_group(
+            [self._bundle()] * cluster.nodes,
+            strategy="STRICT_SPREAD",
+            bundle_label_selector=selector,
+        )
+        try:
+            ray.get(self.pg.ready(), timeout=min(self.timeout_s, 120))
+        except GetTimeoutError as err:
+            raise ClusterMismatchError(
+                f"could not place {cluster.nodes} bundle(s) of {self._bundle()} on distinct "
+                "nodes (slots busy with another job, or too few nodes)"
+            ) from err
+        bundle_nodes = ray.util.placement_group_table(self.pg)["bundles_to_node_id"]
+        per_node = cluster.gpus_per_node
+        for node_rank in range(cluster.nodes):
+            for _ in range(per_node):
+                strategy = PlacementGroupSchedulingStrategy(
+                    placement_group=self.pg, placement_group_bundle_index=node_rank
+                )
+                options = {**self._rank_resources(), **self.actor_options}
+                actor = RankActor.options(scheduling_strategy=strategy, **options).remote()
+                self.actors.append(actor)
+        described = self._get([a.describe.remote() for a in self.actors], "describe ranks")
+        nodes = []
+        for node_rank in range(cluster.nodes):
+            first = described[node_rank * per_node]
+            if first["node_id"] != bundle_nodes[node_rank]:
+                raise ClusterMismatchError("rank actor landed outside its placement bundle")
+            nodes.append(NodeSlot(first["node_id"], first["ip"], first["hostname"]))
+        master_port = self._get([self.actors[0].free_port.remote()], "pick master port")[0]
+        plan = make_plan(nodes, per_node, master_port, self.backend, self.extra_env)
+        self.plan = plan
+        setups = []
+        for spec, actor, info in zip(plan.ranks, self.actors, described, strict=True):
+            env = dict(spec.env)
+            if self.backend == "nccl":
+                node_gpus = sorted(
+                    {
+                        g
+                        for d in described[
+                            spec.node_rank * per_node : (spec.node_rank + 1) * per_node
+                        ]
+                        for g in d["gpu_ids"]
+                    },
+                    key=int,
+                )
+                env["CUDA_VISIBLE_DEVICES"] = ",".join(node_gpus)
+            placement = {
+                "rank": spec.rank,
+                "local_rank": spec.local_rank,
+                "node_rank": spec.node_rank,
+                "world_size": plan.world_size,
+                "local_world_size": per_node,
+                "node_id": spec.node_id,
+                "backend": self.backend,
+            }
+            setups.append(actor.setup.remote(env, placement))
+            info.update(rank=spec.rank, node_rank=spec.node_rank, local_rank=spec.local_rank)
+        for info, extra in zip(described, self._get(setups, "set up ranks"), strict=True):
+            info.update(extra)
+        self.rank_info = described
+        self._check_gpu_model()
+        if not self.init_process_group:
+            return plan
+        init_times = self._get(
+            [a.init_process_group.remote(self.timeout_s) for a in self.actors],
+            "init process group",
+        )
+        self.pg_init_seconds = max(init_times)
+        return plan
+
+    def _check_gpu_model(self) -> None:
+        if self.backend != "nccl":
+            return
+        from gosok.launcher.config.catalogue import gpu_spec
+
+        spec = gpu_spec(self.cluster.gpu)
+        wrong = [
+            i
+            for i in self.rank_info
+            if not any(m in i.get("device_name", "") for m in spec.device_name_match)
+        ]
+        if wrong:
+            found = sorted({i.get("device_name", "?") for i in wrong})
+            raise ClusterMismatchError(
+                f"cluster.gpu={self.cluster.gpu!r} expects {spec.name}, but "
+                f"{len(wrong)} rank(s) found {found}"
+            )
+
+    def _get(self, refs: list[Any], what: str, timeout_s: float | None = None) -> list[Any]:
+        timeout = self.timeout_s if timeout_s is None else timeout_s
+        try:
+            return ray.get(refs, timeout=timeout)
+        except GetTimeoutError as err:
+            raise CollectiveTimeoutError(f"{what}: no answer from all ranks in {timeout}s") from err
+
+    def run(
+        self, fn: Callable[..., Any], *args: Any, timeout_s: float | None = None, **kwargs: Any
+    ) -> list[Any]:
+        """Call ``fn(ctx, *args, **kwargs)`` on every rank; results indexed by rank."""
+        refs = [a.call.remote(fn, *args, **kwargs) for a in self.actors]
+        return self._get(refs, getattr(fn, "__name__", "rank function"), timeout_s)
+
+    def shutdown(self) -> None:
+        """Kill every actor and remove the placement group; safe to call twice."""
+        if self.actors:
+            with contextlib.suppress(Exception):
+                ray.get([a.shutdown.remote() for a in self.actors], timeout=self.shutdown_timeout_s)
+        for actor in self.actors:
+            with contextlib.suppress(Exception):
+                ray.kill(actor, no_restart=True)
+        self.actors = []
+        if self.pg is not None:
+            with contextlib.suppress(Exception):
+                remove_placement_group(self.pg)
+            self.pg = None
