@@ -16,6 +16,8 @@ from gosok.launcher.cli import Command, run_hydra
 
 def bench_task(cfg: Any, console: Any) -> int:
     from gosok.benchmarks.core.registry import benchmarks
+    from gosok.benchmarks.core.schema import validate_trust
+    from gosok.launcher.config.ledger_schema import validate_ledger
     from gosok.launcher.config.validate import raise_if, validate_cluster
     from gosok.launcher.errors import ConfigError
 
@@ -25,6 +27,8 @@ def bench_task(cfg: Any, console: Any) -> int:
         raise ConfigError([f"bench={name!r} is not a benchmark; allowed: {known.names()}"])
     record = known[name]
     problems = validate_cluster(cfg.cluster)
+    problems += validate_trust(cfg)
+    problems += validate_ledger(cfg.ledger)
     if not problems:
         problems += record.validate(cfg)
     raise_if(problems)
@@ -32,7 +36,29 @@ def bench_task(cfg: Any, console: Any) -> int:
         for line in record.plan(cfg):
             console.print(line, highlight=False, markup=False)
         return 0
-    return record.run(cfg, console)
+    return _run_recorded(record, cfg, console)
+
+
+def _run_recorded(record: Any, cfg: Any, console: Any) -> int:
+    """Run the benchmark and record it in the goodput ledger, whatever the outcome."""
+    import time
+
+    from gosok.launcher.ledger.recorder import record_bench
+    from gosok.launcher.results.run_dir import run_dir
+
+    started, status = time.time(), "error"
+    try:
+        status = record.run(cfg, console)
+        return status
+    except KeyboardInterrupt:
+        status = "interrupted"
+        raise
+    finally:
+
+        def say(text: str) -> None:
+            console.print(text, markup=False, highlight=False)
+
+        record_bench(cfg.ledger, cfg, started, time.time(), status, run_dir=run_dir(), say=say)
 
 
 def _bench(argv: list[str]) -> int:
@@ -52,7 +78,7 @@ BENCH = Command(
 )
 REPORT = Command(
     "report",
-    "render / verify / compare results",
-    "gosok report [verify|compare] results.json",
+    "render / verify / sign / compare / audit",
+    "gosok report [verify|sign|compare|audit] results.json",
     _report,
 )

@@ -11,12 +11,12 @@ from gosok.launcher.cli import Command, run_hydra
 
 
 def _cluster(argv: list[str]) -> int:
-    from gosok.launcher.cluster.command import run_cluster_command
-
     actions = ("up", "down", "status")
     if not argv or argv[0] not in actions:
         print(f"gosok cluster: action must be one of {', '.join(actions)}", file=sys.stderr)
         return 2
+    from gosok.launcher.cluster.command import run_cluster_command
+
     return run_hydra(
         "cluster", "cluster_command", run_cluster_command, [f"action={argv[0]}", *argv[1:]]
     )

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -20,6 +21,16 @@ from gosok.launcher.cluster import local as local_cluster
 from gosok.launcher.config.schema import ClusterConfig
 
 REPO = Path(__file__).resolve().parent.parent
+SESSION_CLUSTER = "local"
+
+# Ray fixes its auth mode when first imported, which test collection does: the session's
+# state dir and its cluster's token path are set before any test module imports ray.
+if "GOSOK_TEST_STATE_DIR" not in os.environ:
+    os.environ["GOSOK_TEST_STATE_DIR"] = tempfile.mkdtemp(prefix="gosok-test-state-")
+os.environ["GOSOK_STATE_DIR"] = os.environ["GOSOK_TEST_STATE_DIR"]
+# The goodput ledger of test runs goes to the session's state dir, not the user's.
+os.environ["XDG_DATA_HOME"] = os.path.join(os.environ["GOSOK_TEST_STATE_DIR"], "data")
+os.environ.update(local_cluster.auth_env(SESSION_CLUSTER))
 
 # nccl-tests doc/PERFORMANCE.md: busbw = algbw x factor(n), written out independently of
 # the registry so tests check the code against the formulas, not against itself.
@@ -45,12 +56,9 @@ def cluster_config(
 
 
 @pytest.fixture(scope="session")
-def state_dir(tmp_path_factory) -> Path:
-    path = tmp_path_factory.mktemp("gosok-state")
-    os.environ["GOSOK_STATE_DIR"] = str(path)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+def state_dir() -> Path:
     os.environ["RAY_DEDUP_LOGS"] = "0"
-    return path
+    return Path(os.environ["GOSOK_STATE_DIR"])
 
 
 @pytest.fixture(scope="session")
@@ -58,7 +66,7 @@ def ray_cluster(state_dir):
     """Start the session's local cluster and connect this process to it."""
     import ray
 
-    cfg = cluster_config(nodes=SESSION_NODES)
+    cfg = cluster_config(name=SESSION_CLUSTER, nodes=SESSION_NODES)
     state = local_cluster.start(cfg)
     ray.init(address=state.address, logging_level="ERROR", log_to_driver=False)
     try:
@@ -121,10 +129,15 @@ def assert_refused_clearly(
 
 
 def live_actors() -> list[dict]:
-    """Actors still alive in the connected Ray cluster (a leak check after a run)."""
+    """Actors still alive in the connected Ray cluster (a leak check after a run); the
+    per-node warm holders outlive launches on purpose and are not counted."""
     from ray._private import state
 
-    return [a for a in state.actors().values() if a.get("State") != "DEAD"]
+    return [
+        a
+        for a in state.actors().values()
+        if a.get("State") != "DEAD" and not str(a.get("Name") or "").startswith("gosok-warm-")
+    ]
 
 
 def placement_groups_alive() -> list[dict]:

@@ -28,7 +28,9 @@ from gosok.benchmarks.collectives.report import (
 from gosok.benchmarks.collectives.schema import sweep_sizes, validate_collectives
 from gosok.benchmarks.core.registry import Benchmark
 from gosok.benchmarks.core.timing import COLLECTIVE_METHOD
+from gosok.benchmarks.report.rederive import rederive_collectives
 from gosok.launcher.ranks.plan import backend_for, make_plan, rank_groups, synthetic_nodes
+from gosok.launcher.results.journal import note
 
 
 def step_records(
@@ -104,6 +106,8 @@ def measure_collectives(
                     timeout_s=bench.timeout_s,
                 )
                 new = step_records(op, dtype, bench, groups, per_rank)
+                for record in new:
+                    note("collectives", record)
                 done += 1
                 for index in range(len(groups)):
                     by_mode = {r["mode"]: r for r in new if r["group"] == index}
@@ -159,7 +163,7 @@ def plan_lines(cfg: Any) -> list[str]:
 
 
 def validate(cfg: Any) -> list[str]:
-    return validate_collectives(cfg.bench, cfg.cluster.nodes * cfg.cluster.gpus_per_node)
+    return validate_collectives(cfg.bench, cfg.cluster)
 
 
 def run(cfg: Any, console: Console) -> int:
@@ -214,4 +218,5 @@ BENCHMARK = Benchmark(
     plan=plan_lines,
     run=run,
     render=render,
+    rederive=rederive_collectives,
 )

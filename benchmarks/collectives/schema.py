@@ -1,7 +1,7 @@
 """Typed schema of ``bench=collectives`` (nccl-tests' -b -e -f -w -n -c) and its checks.
 
 ``configs/bench/collectives.yaml`` selects this schema; the defaults live here only.
-Use: ``validate_collectives(cfg.bench, world_size)`` returns the problems, each naming
+Use: ``validate_collectives(cfg.bench, cfg.cluster)`` returns the problems, each naming
 its key, the value and what is allowed.
 """
 
@@ -63,27 +63,70 @@ def sweep_sizes(min_bytes: int, max_bytes: int, step_factor: int) -> list[int]:
     return sizes
 
 
-def validate_collectives(
-    bench: Any, world_size: int | None = None, prefix: str = "bench"
-) -> list[str]:
+ELEMENT_BYTES = {"float32": 4, "bfloat16": 2, "float16": 2}
+MAX_ITERS = 1_000_000
+
+
+def buffer_limit_bytes(cluster: Any) -> int:
+    """The largest buffer one rank may ask for: a quarter of its device's memory (a
+    collective holds up to three such buffers), or of its share of this host's memory on
+    the CPU fallback."""
+    from gosok.launcher.config.catalogue import gpu_spec
+
+    spec = gpu_spec(cluster.gpu)
+    if cluster.gpu != "cpu" and spec.hbm_gb:
+        return int(spec.hbm_gb * 1e9) // 4
+    import psutil
+
+    ranks_here = cluster.nodes * cluster.gpus_per_node if cluster.kind == "local" else 1
+    return psutil.virtual_memory().total // (4 * max(1, ranks_here))
+
+
+def group_size(cluster: Any, scope: str) -> int:
+    return {
+        "all": cluster.nodes * cluster.gpus_per_node,
+        "intra_node": cluster.gpus_per_node,
+        "inter_node": cluster.nodes,
+    }.get(scope, cluster.nodes * cluster.gpus_per_node)
+
+
+def validate_collectives(bench: Any, cluster: Any = None, prefix: str = "bench") -> list[str]:
+    """Every setting, each problem naming its key, the value and what is allowed."""
     problems: list[str] = []
     problems += each_of(f"{prefix}.ops", bench.ops, COLLECTIVES.names())
     problems += each_of(f"{prefix}.dtypes", bench.dtypes, DTYPES)
     problems += each_of(f"{prefix}.modes", bench.modes, MODES)
     problems += one_of(f"{prefix}.scope", bench.scope, SCOPES)
     problems += one_of(f"{prefix}.time_reduce", bench.time_reduce, TIME_REDUCTIONS)
-    problems += positive(f"{prefix}.min_bytes", bench.min_bytes)
-    problems += positive(f"{prefix}.max_bytes", bench.max_bytes)
-    problems += positive(f"{prefix}.step_factor", bench.step_factor, 2)
-    problems += positive(f"{prefix}.warmup_iters", bench.warmup_iters, 0)
-    problems += positive(f"{prefix}.iters", bench.iters)
-    problems += positive(f"{prefix}.timeout_s", bench.timeout_s, 1)
-    problems += positive(f"{prefix}.min_busbw_gbps", bench.min_busbw_gbps, 0)
+    limit = buffer_limit_bytes(cluster) if cluster is not None else 1 << 40
+    problems += positive(f"{prefix}.min_bytes", bench.min_bytes, 1, maximum=limit)
+    problems += positive(f"{prefix}.max_bytes", bench.max_bytes, 1, maximum=limit)
+    problems += positive(f"{prefix}.step_factor", bench.step_factor, 2, maximum=1 << 20)
+    problems += positive(f"{prefix}.warmup_iters", bench.warmup_iters, 0, maximum=MAX_ITERS)
+    problems += positive(f"{prefix}.iters", bench.iters, 1, maximum=MAX_ITERS)
+    problems += positive(f"{prefix}.timeout_s", bench.timeout_s, 1, maximum=7 * 86_400)
+    problems += positive(f"{prefix}.min_busbw_gbps", bench.min_busbw_gbps, 0, maximum=1e6)
+    if problems:
+        return problems
     if bench.min_bytes > bench.max_bytes:
         problems.append(
             f"{prefix}.min_bytes={bench.min_bytes} is larger than "
             f"{prefix}.max_bytes={bench.max_bytes}"
         )
-    if world_size is not None and not 0 <= bench.root < world_size:
-        problems.append(f"{prefix}.root={bench.root} must be in 0..{world_size - 1}")
+    if cluster is not None:
+        world = cluster.nodes * cluster.gpus_per_node
+        if not 0 <= bench.root < world:
+            problems.append(f"{prefix}.root={bench.root} is not allowed; allowed: 0..{world - 1}")
+        # Sizes too small for an op are skipped (N/A); a sweep where every size is too
+        # small would measure nothing, so it is refused.
+        ranks = group_size(cluster, bench.scope)
+        widest = max(ELEMENT_BYTES[d] for d in bench.dtypes)
+        for op in bench.ops:
+            need = widest * ranks if COLLECTIVES[op].chunked else widest
+            if bench.max_bytes < need:
+                problems.append(
+                    f"{prefix}.max_bytes={bench.max_bytes} is too small for {op}: no size gives "
+                    f"every rank an element; allowed: >= {need} ({widest} B x "
+                    f"{ranks if COLLECTIVES[op].chunked else 1} rank(s))"
+                )
     return problems

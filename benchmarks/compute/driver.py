@@ -24,6 +24,7 @@ from gosok.benchmarks.compute.schema import profile_name, resolved_profile
 from gosok.benchmarks.compute.validate import validate_gemm
 from gosok.benchmarks.core.registry import Benchmark
 from gosok.benchmarks.core.timing import GEMM_METHOD
+from gosok.benchmarks.report.rederive import rederive_gemm
 from gosok.launcher.config.catalogue import gpu_spec, is_cpu
 
 
@@ -175,4 +176,5 @@ BENCHMARK = Benchmark(
     plan=plan_lines,
     run=run,
     render=render,
+    rederive=rederive_gemm,
 )

@@ -35,6 +35,7 @@ from gosok.benchmarks.compute.entries import (
 )
 from gosok.benchmarks.compute.schema import resolved_profile
 from gosok.benchmarks.core.timing import GEMM_METHOD, barrier, clock_name, time_samples
+from gosok.launcher.results.journal import note
 
 # --- the per-rank step --------------------------------------------------------------------
 
@@ -294,6 +295,8 @@ def measure_compute(
             timeout_s=bench.timeout_s,
         )
         new = [annotate(r, gpu, bench.min_pct_of_peak) for r in per_rank]
+        for record in new:
+            note("gemm", record)
         if console is not None:
             rows = [format_row(r) for r in new] if per_gpu_rows else [format_summary_row(new)]
             for row in rows:

@@ -15,15 +15,18 @@ import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
-from omegaconf import OmegaConf
-
-from gosok.launcher.cluster.connect import ray_cluster
+from gosok.launcher.config.secrets import redacted_config
 from gosok.launcher.ranks.fingerprint import driver_fingerprint, per_node_fingerprint
-from gosok.launcher.ranks.workers import WorkerGroup
+from gosok.launcher.results.journal import JOURNAL_NAME, journaling, read_journal
 from gosok.launcher.results.run_dir import run_dir
 from gosok.launcher.results.store import write_results
+
+if TYPE_CHECKING:  # Ray loads only when a session starts, not on refused input
+    from gosok.launcher.ranks.workers import WorkerGroup
+
+PARTIAL_NAME = "results.partial.json"
 
 
 @dataclass
@@ -53,12 +56,50 @@ class BenchSession:
         ]
 
 
+def results_kind(cfg: Any) -> str:
+    return "suite" if cfg.get("suite") else str(cfg.bench.name)
+
+
 @contextlib.contextmanager
 def bench_session(cfg: Any, timeout_s: float | None = None) -> Iterator[BenchSession]:
+    """Ray connected and ranks up; every measurement noted in the run's journal as it is
+    taken. On Ctrl-C the measurements so far are sealed into ``results.partial.json``."""
+    from gosok.launcher.cluster.connect import ray_cluster
+    from gosok.launcher.ranks.workers import WorkerGroup
+
     timeout = timeout_s or cfg.collective_timeout_s
-    with ray_cluster(cfg.cluster) as connection, WorkerGroup(cfg.cluster, timeout) as group:
-        nodes = [n for n in group.run(per_node_fingerprint) if n is not None]
-        yield BenchSession(group, connection.address, connection.started_here, nodes)
+    journal_path = run_dir() / JOURNAL_NAME
+    header = {"kind": results_kind(cfg), "config": redacted_config(cfg)}
+    with journaling(journal_path, header):
+        try:
+            with (
+                ray_cluster(cfg.cluster) as connection,
+                WorkerGroup(cfg.cluster, timeout) as group,
+            ):
+                nodes = [n for n in group.run(per_node_fingerprint) if n is not None]
+                yield BenchSession(group, connection.address, connection.started_here, nodes)
+        except KeyboardInterrupt:
+            write_partial_results(journal_path, run_dir() / PARTIAL_NAME)
+            raise
+
+
+def write_partial_results(journal_path: Path, path: Path) -> Path | None:
+    """Seal what the journal holds into a results file marked incomplete."""
+    try:
+        header, entries = read_journal(journal_path)
+    except (OSError, ValueError):
+        return None
+    doc = {
+        "kind": header.get("kind", "unknown"),
+        "incomplete": True,
+        "config": header.get("config", {}),
+        "started_unix": header.get("started_unix"),
+        "finished_unix": time.time(),
+        "records": [e["record"] for e in entries if e.get("kind") == header.get("kind")],
+        "journal": [{"kind": e["kind"], "unix": e["unix"]} for e in entries],
+    }
+    write_results(path, doc)
+    return path
 
 
 def write_run_results(
@@ -67,7 +108,7 @@ def write_run_results(
     plan = session.group.plan
     doc = {
         "kind": kind,
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": redacted_config(cfg),
         "env": {
             "driver": driver_fingerprint(),
             "nodes": session.nodes,
@@ -81,5 +122,49 @@ def write_run_results(
         **payload,
     }
     path = run_dir() / (name or cfg.output.results_name)
+    doc, unsigned_because = _audit_and_sign(doc, cfg, session)
     write_results(path, doc)
+    if unsigned_because:
+        from gosok.launcher.errors import GosokError
+
+        raise GosokError(
+            f"results written UNSIGNED to {path}: {unsigned_because}; sign them with "
+            f"gosok report sign {path} --key KEY"
+        )
     return path
+
+
+def _audit_and_sign(
+    doc: dict[str, Any], cfg: Any, session: BenchSession
+) -> tuple[dict[str, Any], str | None]:
+    """Record ``audit`` (the auditor's nonce, node identities) and sign with ``sign.key``.
+
+    Returns the document to seal and, if signing failed, why (the run's results are then
+    written unsigned rather than lost).
+    """
+    from gosok.launcher.results.signing import sign_doc
+    from gosok.launcher.results.store import SCHEMA
+
+    placement_ip = {p.get("node_id"): p.get("ip") for p in session.placement()}
+    identity_keys = ("node_rank", "hostname", "ray_node_id", "gpus", "gpu_uuids", "gpu_serials")
+    nodes = [
+        {
+            **{k: node[k] for k in identity_keys if node.get(k) is not None},
+            "ip": placement_ip.get(node.get("ray_node_id")),
+        }
+        for node in session.nodes
+    ]
+    audit = getattr(cfg, "audit", None)
+    doc = {
+        **doc,
+        "schema": SCHEMA,
+        "created_unix": time.time(),
+        "audit": {"nonce": getattr(audit, "nonce", None), "nodes": nodes},
+    }
+    key = getattr(getattr(cfg, "sign", None), "key", None)
+    if key is None:
+        return doc, None
+    try:
+        return sign_doc(doc, key), None
+    except ValueError as err:
+        return doc, str(err)

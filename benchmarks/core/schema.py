@@ -1,6 +1,8 @@
-"""Top-level schema of ``gosok bench``: a cluster, a benchmark or a suite, the outputs.
+"""Top-level schema of ``gosok bench``: a cluster, a benchmark or a suite, the outputs,
+and the audit trail (signing key, auditor's nonce).
 
-Use: ``register_bench_schemas()`` before Hydra composes ``configs/bench.yaml``.
+Use: ``register_bench_schemas()`` before Hydra composes ``configs/bench.yaml``;
+``validate_trust(cfg)`` checks ``sign.key`` and ``audit.nonce`` before anything starts.
 """
 
 from __future__ import annotations
@@ -10,6 +12,7 @@ from typing import Any
 
 from omegaconf import MISSING
 
+from gosok.launcher.config.ledger_schema import LedgerConfig
 from gosok.launcher.config.schema import ClusterConfig
 
 
@@ -24,6 +27,23 @@ class OutputConfig:
 
 
 @dataclass
+class SignConfig:
+    """Signing the results file with the operator's Ed25519 key (``gosok keys new``)."""
+
+    #: Path of the PEM Ed25519 private key (mode 0600) that signs results.json; None: unsigned.
+    key: str | None = None
+
+
+@dataclass
+class AuditConfig:
+    """What an auditor asked the run to record."""
+
+    #: The auditor's nonce (at most 256 printable characters), recorded at audit.nonce and
+    #: covered by the signature: proves the results come from a run made after it was issued.
+    nonce: str | None = None
+
+
+@dataclass
 class BenchRunConfig:
     """Top-level config of ``gosok bench``."""
 
@@ -32,11 +52,43 @@ class BenchRunConfig:
     #: An acceptance suite (suite=quick|acceptance|audit) runs instead of ``bench``.
     suite: Any = None
     output: OutputConfig = field(default_factory=OutputConfig)
+    #: Sign the results file (``sign.key=PATH``).
+    sign: SignConfig = field(default_factory=SignConfig)
+    #: Audit facts recorded in the results file (``audit.nonce=STRING``).
+    audit: AuditConfig = field(default_factory=AuditConfig)
+    #: The goodput ledger this run is recorded in.
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     seed: int = 1234
     #: Print the plan and exit; nothing is started.
     dry_run: bool = False
     #: Seconds a collective may block before the run is stopped.
     collective_timeout_s: float = 300.0
+
+
+def validate_trust(cfg: Any) -> list[str]:
+    """Problems with ``sign.key`` and ``audit.nonce``, each naming the field and what is allowed."""
+    from gosok.launcher.results.signing import MAX_NONCE_CHARS, load_private_key, nonce_problem
+
+    problems = []
+    key = cfg.sign.key
+    if key is not None:
+        try:
+            load_private_key(key)
+        except ValueError as err:
+            problems.append(
+                f"sign.key={key!r}: {err}; allowed: an unencrypted Ed25519 PEM private key "
+                "readable by its owner only (make one with gosok keys new --out PREFIX)"
+            )
+    nonce = cfg.audit.nonce
+    if nonce is not None:
+        problem = nonce_problem(nonce)
+        if problem:
+            shown = nonce if len(nonce) <= 40 else nonce[:40] + "..."
+            problems.append(
+                f"audit.nonce={shown!r} {problem}; allowed: 1 to {MAX_NONCE_CHARS} "
+                "printable characters"
+            )
+    return problems
 
 
 def register_bench_schemas() -> None:

@@ -96,12 +96,12 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     size = args.size_mib * 2**20
     world = args.nodes * args.ranks_per_node
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     cluster = ClusterConfig(name="overhead", nodes=args.nodes, gpus_per_node=args.ranks_per_node)
     rows = []
     import ray
 
     with local_cluster.local_cluster(cluster) as (address, _):
+        local_cluster.use_auth(cluster.name)
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         try:
             with WorkerGroup(cluster, timeout_s=600) as group:

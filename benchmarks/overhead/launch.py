@@ -1,13 +1,20 @@
-"""Launch overhead: wall time from the command to the first training step, for
-``gosok launch`` on an already running local Ray cluster vs ``torchrun --standalone``,
-running the same torchrun-style script with the same number of ranks, in one run.
+"""Launch overhead: ``gosok launch`` (warm ranks, the default, and fresh ranks,
+``launch.fresh_process=true``) against ``torchrun --standalone``, running the same
+torchrun-style script with the same number of ranks, on an already running local Ray
+cluster, in one run.
 
-The script records ``time.time()`` right after its first step (a forward/backward and a
-gradient all_reduce) on rank 0; overhead = that time - the time the command was started.
+Two numbers per command, per round: the whole command (wall time from starting it to its
+exit) and command -> first step (rank 0 writes ``time.time()`` right after its first step:
+a forward/backward and a gradient all_reduce). Rounds alternate the three commands,
+rotating their order, after one untimed round (it starts the nodes' warm servers, as the
+first launch on a fresh cluster does); medians and ratios to torchrun are reported. The
+CLI's own start-up is measured too: ``gosok --help`` and a refused override (exit 2).
+
 The local cluster is started first if it is not running (not timed) and stopped at the
-end only if this run started it.
+end only if this run started it. Results: ``--out`` (sealed JSON, with the device, CPU
+model, software versions and this method).
 
-Run: ``python -m gosok.benchmarks.overhead.launch --rounds 3 --nodes 2 --slots 2``.
+Run: ``python -m gosok.benchmarks.overhead.launch --rounds 5 --nodes 2 --slots 2``.
 """
 
 from __future__ import annotations
@@ -19,7 +26,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from importlib import metadata
 from pathlib import Path
+from typing import Any
 
 from omegaconf import OmegaConf
 
@@ -46,25 +55,59 @@ dist.barrier()
 dist.destroy_process_group()
 """
 
+GOALS = {"warm_whole_ratio": 0.5, "warm_first_step_ratio": 0.5, "cli_s": 0.5}
+METHOD = (
+    "each command run as a subprocess from this process; whole = perf_counter around the "
+    "subprocess; first step = rank 0's time.time() right after its first step minus "
+    "time.time() just before starting the command; one untimed round first, then rounds "
+    "alternating torchrun / gosok warm / gosok fresh with the order rotated each round; "
+    "medians over rounds; ratios = median / torchrun's median. CLI: median wall time of "
+    "`gosok --help` and of a refused override (exit 2) over 5 runs each."
+)
 
-def timed(cmd: list[str], cwd: Path, env: dict[str, str], marker: Path) -> float:
+
+def run_timed(cmd: list[str], cwd: Path, env: dict[str, str], marker: Path) -> dict[str, float]:
     marker.unlink(missing_ok=True)
-    start = time.time()
+    started_unix = time.time()
+    started = time.perf_counter()
     run = subprocess.run(cmd, cwd=cwd, env=env, capture_output=True, text=True, timeout=600)
+    whole = time.perf_counter() - started
     if run.returncode != 0 or not marker.exists():
-        raise RuntimeError(f"{cmd[:3]} failed ({run.returncode}):\n{run.stdout[-2000:]}")
-    return float(marker.read_text()) - start
+        raise RuntimeError(
+            f"{' '.join(cmd[:4])} failed ({run.returncode}):\n{(run.stdout + run.stderr)[-3000:]}"
+        )
+    return {"whole": whole, "first_step": float(marker.read_text()) - started_unix}
+
+
+def cli_seconds(cmd: list[str], cwd: Path, expect: int, runs: int = 5) -> float:
+    times = []
+    for _ in range(runs):
+        started = time.perf_counter()
+        run = subprocess.run(cmd, cwd=cwd, capture_output=True, text=True, timeout=120)
+        times.append(time.perf_counter() - started)
+        if run.returncode != expect:
+            raise RuntimeError(f"{cmd} exited {run.returncode}, not {expect}:\n{run.stderr}")
+    return statistics.median(times)
+
+
+def versions() -> dict[str, Any]:
+    found = {}
+    for name in ("gosok", "torch", "ray", "hydra-core", "omegaconf", "deepspeed"):
+        try:
+            found[name] = metadata.version(name)
+        except metadata.PackageNotFoundError:
+            found[name] = None
+    return found
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--rounds", type=int, default=3)
+    parser.add_argument("--rounds", type=int, default=5)
     parser.add_argument("--nodes", type=int, default=2)
     parser.add_argument("--slots", type=int, default=2)
     parser.add_argument("--cluster-name", default="local")
     parser.add_argument("--out", default="benchmarks/results/cpu/launch_overhead.json")
     args = parser.parse_args(argv)
-    os.environ["RAY_AUTH_MODE"] = "disabled"
     cluster = OmegaConf.structured(
         ClusterConfig(name=args.cluster_name, nodes=args.nodes, gpus_per_node=args.slots)
     )
@@ -77,41 +120,80 @@ def main(argv: list[str] | None = None) -> int:
     marker = work / "first_step.txt"
     env = {**os.environ, "FIRST_STEP_FILE": str(marker)}
     world = args.nodes * args.slots
-    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone",
-                f"--nproc-per-node={world}", "first_step.py"]  # fmt: skip
-    gosok = [sys.executable, "-m", "gosok.launcher.cli", "launch", "job=script",
-             "job.script=first_step.py", f"cluster.name={cluster.name}",
-             f"cluster.nodes={args.nodes}", f"cluster.gpus_per_node={args.slots}",
-             "logger=none", f"hydra.run.dir={work / 'run'}",
-             f"+job.env.FIRST_STEP_FILE={marker}"]  # fmt: skip
-    times: dict[str, list[float]] = {"torchrun": [], "gosok": []}
+    gosok = [sys.executable, "-m", "gosok.launcher.cli"]
+    shape = [f"cluster.name={cluster.name}", f"cluster.nodes={args.nodes}",
+             f"cluster.gpus_per_node={args.slots}"]  # fmt: skip
+    commands = {
+        "torchrun": [sys.executable, "-m", "torch.distributed.run", "--standalone",
+                     f"--nproc-per-node={world}", "first_step.py"],
+        "gosok_warm": [*gosok, "launch", "job=script", "job.script=first_step.py", *shape,
+                       "logger=none", f"+job.env.FIRST_STEP_FILE={marker}"],
+        "gosok_fresh": [*gosok, "launch", "job=script", "job.script=first_step.py", *shape,
+                        "logger=none", f"+job.env.FIRST_STEP_FILE={marker}",
+                        "launch.fresh_process=true"],
+    }  # fmt: skip
+    names = list(commands)
+    times: dict[str, dict[str, list[float]]] = {n: {"whole": [], "first_step": []} for n in names}
+
+    def one(name: str, index: int) -> dict[str, float]:
+        cmd = commands[name]
+        if name != "torchrun":
+            cmd = [*cmd, f"hydra.run.dir={work / 'runs' / f'{name}-{index}'}"]
+        return run_timed(cmd, work, env, marker)
+
     try:
-        for _ in range(args.rounds):
-            times["torchrun"].append(timed(torchrun, work, env, marker))
-            times["gosok"].append(timed(gosok, work, env, marker))
+        for name in names:  # untimed: the first launch starts the nodes' warm servers
+            one(name, -1)
+        for index in range(args.rounds):
+            for name in names[index % 3 :] + names[: index % 3]:
+                result = one(name, index)
+                for key, value in result.items():
+                    times[name][key].append(value)
+                print(f"round {index}: {name:<12s} whole {result['whole']:6.2f} s  "
+                      f"first step {result['first_step']:6.2f} s", flush=True)  # fmt: skip
+        cli = {
+            "help_s": cli_seconds([*gosok, "--help"], work, 0),
+            "refusal_s": cli_seconds([*gosok, "launch", "job.strategy=bogus"], work, 2),
+        }
     finally:
         if started:
             local_cluster.stop(cluster.name)
-    medians = {k: statistics.median(v) for k, v in times.items()}
-    ratio = medians["gosok"] / medians["torchrun"]
+    medians = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
+    base = medians["torchrun"]
+    ratios = {
+        n: {k: medians[n][k] / base[k] for k in ("whole", "first_step")}
+        for n in names
+        if n != "torchrun"
+    }
     print(f"ranks: {world} ({args.nodes} node(s) x {args.slots}); rounds: {args.rounds}")
-    print(f"torchrun --standalone : {medians['torchrun']:.2f} s to first step {times['torchrun']}")
-    print(f"gosok launch          : {medians['gosok']:.2f} s to first step {times['gosok']}")
-    print(f"ratio gosok/torchrun  : {ratio:.2f}x (goal <= 1.5x)")
+    print(f"{'':<24s}{'whole':>8s}{'first step':>12s}{'ratio whole':>13s}{'ratio first':>13s}")
+    for name in names:
+        ratio = ratios.get(name, {"whole": 1.0, "first_step": 1.0})
+        print(f"{name:<24s}{medians[name]['whole']:8.2f}{medians[name]['first_step']:12.2f}"
+              f"{ratio['whole']:13.2f}{ratio['first_step']:13.2f}")  # fmt: skip
+    print(f"gosok --help {cli['help_s']:.2f} s; refused override {cli['refusal_s']:.2f} s")
+    print(f"goals: warm whole and first step <= {GOALS['warm_whole_ratio']}x torchrun; "
+          f"CLI <= {GOALS['cli_s']} s; fresh no worse than before")  # fmt: skip
+    fingerprint = driver_fingerprint()
     write_results(
         Path(args.out),
         {
             "kind": "launch_overhead",
-            "what": "command to first training step: gosok launch (local cluster already up) vs "
-            "torchrun --standalone, same script, same ranks",
+            "what": "gosok launch (warm and fresh ranks) vs torchrun --standalone on the same "
+            "script and world size, local cluster already up: whole command and command -> "
+            "first step; gosok's CLI start-up",
             "device": "cpu",
+            "cpu_model": fingerprint["cpu_model"],
+            "cpu_count": fingerprint["cpu_count"],
+            "software": {**versions(), "python": fingerprint["python"]},
             "settings": vars(args),
-            "timing": "time.time() at the command's start vs rank 0's time.time() right after "
-            "its first step; median over rounds",
-            "seconds_to_first_step": times,
+            "method": METHOD,
+            "seconds": times,
             "median_seconds": medians,
-            "ratio": ratio,
-            "env": driver_fingerprint(),
+            "ratio_to_torchrun": ratios,
+            "cli_seconds": cli,
+            "goals": GOALS,
+            "env": fingerprint,
         },
     )
     print(f"results: {args.out}")

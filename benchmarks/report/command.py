@@ -1,81 +1,329 @@
-"""``gosok report``: everything derived from a results file, re-derivable at any time.
+"""``gosok report``: everything derived from results files, always re-derived from raw data.
 
-- ``gosok report RESULTS.json [--plot out.png]``: verify the seal, print the table.
-- ``gosok report verify RESULTS.json ...``: exit 0 if every file's sha256 matches, 1 if not.
-- ``gosok report compare A.json B.json``: what changed between two runs.
+- ``gosok report RESULTS [--plot PNG] [--out-dir DIR]``: the tables and reports of one file,
+  made from its re-derived figures (stored figures that differ are flagged; exit 1).
+- ``gosok report verify RESULTS... [--public-key PUB ...] [--nonce N ...]``: one line per
+  aspect (seal, signature, nonce, figures); exit 0 only when every aspect checked passes.
+  Without ``--public-key`` the signature is not checked, and the output says so.
+- ``gosok report sign RESULTS --key KEY``: sign an existing file in place; refused (exit 1)
+  when its seal is broken or its figures do not re-derive from its raw data.
+- ``gosok report compare A B [--tolerance 0.05] [--out MD] [--allow-different-gpus]``:
+  what changed between two runs of the same kind and GPU type (re-derived figures).
+- ``gosok report audit FILES... --out-dir DIR [--public-key PUB ...] [--nonce N ...]``:
+  audit.md, audit.html and audit.csv over many files, grouped by GPU type (see ``audit``).
 
-Each results ``kind`` (collectives, gemm, suite, ...) is rendered and compared by the
-``Benchmark`` record that writes it (``core.registry.for_kind``).
+Bad input (a missing, truncated or foreign file, a bad key, a bad option) is one line on
+stderr and exit 2, never a traceback. Each results ``kind`` is rendered, re-derived and
+compared by the ``Benchmark`` record that writes it (``core.registry.for_kind``).
 """
 
 from __future__ import annotations
 
 import argparse
+import math
 import sys
 from pathlib import Path
+from typing import Any
 
-from gosok.launcher.results.store import TamperedResultsError, load_results
+from gosok.benchmarks.report.trust import (
+    InputError,
+    assess,
+    check_nonces,
+    load_input,
+    load_public_keys,
+    rederive_doc,
+)
+
+SUBCOMMANDS = ("verify", "sign", "compare", "audit")
+USAGE = """usage: gosok report RESULTS [--plot PNG] [--out-dir DIR]
+       gosok report verify RESULTS... [--public-key PUB ...] [--nonce N ...]
+       gosok report sign RESULTS --key KEY
+       gosok report compare BASELINE CANDIDATE [--tolerance 0.05] [--out MD]
+                                               [--allow-different-gpus]
+       gosok report audit RESULTS... --out-dir DIR [--public-key PUB ...] [--nonce N ...]
+"""
+MALFORMED_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 
 
-def _verify(paths: list[str]) -> int:
-    status = 0
-    for path in paths:
-        try:
-            load_results(path)
-            print(f"OK       {path}: sha256 matches")
-        except TamperedResultsError:
-            print(f"TAMPERED {path}: sha256 does not match the content")
-            status = 1
-        except (OSError, ValueError) as err:
-            print(f"INVALID  {path}: {err}")
-            status = 1
-    return status
+class _UsageError(Exception):
+    pass
 
 
-def run_report_command(argv: list[str]) -> int:
+class _Parser(argparse.ArgumentParser):
+    """argparse that raises on a usage error instead of printing usage and exiting."""
+
+    def error(self, message: str) -> None:  # type: ignore[override]
+        raise _UsageError(message)
+
+
+def _fail(command: str, message: str, code: int = 2) -> int:
+    print(f"gosok report{command}: error: {message}", file=sys.stderr)
+    return code
+
+
+def _flag_lines(path: str, result: Any) -> list[str]:
+    lines = [f"NOT RE-DERIVABLE {path}: {p}" for p in result.problems]
+    lines += [
+        f"NOT RE-DERIVABLE {path}: no raw data: {m} (stored figure shown)" for m in result.missing
+    ]
+    lines += [f"NOTE {path}: {n}" for n in result.notes]
+    return lines
+
+
+def _loaded(path: str, command: str) -> dict[str, Any]:
+    """A results file whose seal matches; InputError otherwise (exit 2 or 1 by the caller)."""
+    doc, sealed = load_input(path)
+    if not sealed:
+        raise _SealBroken(
+            f"{path}: sha256 does not match the content (edited after it was written); "
+            f"refusing to {command} it"
+        )
+    return doc
+
+
+class _SealBroken(Exception):
+    pass
+
+
+# --- render ---------------------------------------------------------------------------------
+
+
+def _render(argv: list[str]) -> int:
     from gosok.benchmarks.core.registry import for_kind
 
-    if argv and argv[0] == "verify":
-        if len(argv) < 2:
-            print("usage: gosok report verify RESULTS.json ...", file=sys.stderr)
-            return 2
-        return _verify(argv[1:])
-    if argv and argv[0] == "compare":
-        parser = argparse.ArgumentParser(prog="gosok report compare")
-        parser.add_argument("baseline")
-        parser.add_argument("candidate")
-        parser.add_argument(
-            "--tolerance",
-            type=float,
-            default=0.05,
-            help="relative drop that counts as a regression (default 0.05)",
-        )
-        parser.add_argument("--out", help="write the comparison (Markdown) here")
-        args = parser.parse_args(argv[1:])
-        a, b = load_results(args.baseline), load_results(args.candidate)
-        if a["kind"] != b["kind"]:
-            print(f"cannot compare kind {a['kind']!r} with {b['kind']!r}", file=sys.stderr)
-            return 2
-        record = for_kind(a["kind"])
-        if record is None or record.compare is None:
-            print(f"no comparison for results of kind {a['kind']!r}", file=sys.stderr)
-            return 2
-        return record.compare(a, b, args)
-    parser = argparse.ArgumentParser(prog="gosok report")
+    parser = _Parser(prog="gosok report", usage=USAGE)
     parser.add_argument("results")
     parser.add_argument("--plot", help="also write a PNG plot here")
     parser.add_argument("--out-dir", help="write Markdown/HTML reports here (suite results)")
     args = parser.parse_args(argv)
+    if Path(args.results).is_dir():
+        run_dir = Path(args.results)
+        if not (run_dir / "results.json").is_file():
+            from gosok.benchmarks.report.partial import render_run_dir
+
+            return render_run_dir(run_dir)  # a run that did not finish: its journal
+        args.results = str(run_dir / "results.json")
     try:
-        doc = load_results(args.results)
-    except TamperedResultsError as err:
-        print(f"error: {err}", file=sys.stderr)
-        return 1
-    kind = doc.get("kind")
-    record = for_kind(kind)
+        doc = _loaded(args.results, "report")
+    except InputError as err:
+        return _fail("", str(err))
+    except _SealBroken as err:
+        return _fail("", str(err), 1)
+    record = for_kind(doc["kind"])
     if record is None:
-        print(f"no renderer for results of kind {kind!r}", file=sys.stderr)
-        return 2
-    if args.out_dir:
-        Path(args.out_dir).mkdir(parents=True, exist_ok=True)
-    return record.render(doc, args)
+        return _fail("", f"{args.results}: no renderer for results of kind {doc['kind']!r}")
+    result = rederive_doc(doc)
+    if result.malformed or result.doc is None:
+        return _fail("", f"{args.results}: {result.malformed}")
+    for line in _flag_lines(args.results, result):
+        print(line)
+    try:
+        if args.out_dir:
+            Path(args.out_dir).mkdir(parents=True, exist_ok=True)
+        code = record.render(result.doc, args)
+    except MALFORMED_ERRORS as err:
+        return _fail("", f"{args.results}: cannot render these {doc['kind']} results: {err!r}")
+    except OSError as err:
+        return _fail("", f"cannot write the report: {err.strerror or err}: {err.filename or ''}")
+    return max(code, 1 if result.problems else 0)
+
+
+# --- verify and sign ------------------------------------------------------------------------
+
+
+def _verify(argv: list[str]) -> int:
+    parser = _Parser(prog="gosok report verify", usage=USAGE)
+    parser.add_argument("results", nargs="+")
+    parser.add_argument("--public-key", action="append", metavar="PUB")
+    parser.add_argument("--nonce", action="append")
+    args = parser.parse_args(argv)
+    try:
+        keys = load_public_keys(args.public_key)
+        nonces = check_nonces(args.nonce)
+        loaded = [(path, *load_input(path)) for path in args.results]
+    except InputError as err:
+        return _fail(" verify", str(err))
+    status = 0
+    for path, doc, sealed in loaded:
+        verdict = assess(path, doc, sealed, keys, nonces)
+        print("\n".join(verdict.lines()))
+        if verdict.malformed:
+            status = 2
+        elif not verdict.passed:
+            status = max(status, 1)
+    return status
+
+
+def _sign(argv: list[str]) -> int:
+    from gosok.launcher.results.signing import fingerprint, load_private_key, sign_file
+
+    parser = _Parser(prog="gosok report sign", usage=USAGE)
+    parser.add_argument("results")
+    parser.add_argument("--key", required=True, metavar="KEY")
+    args = parser.parse_args(argv)
+    try:
+        key = load_private_key(args.key)
+    except ValueError as err:
+        return _fail(" sign", f"--key {args.key}: {err}")
+    try:
+        doc = _loaded(args.results, "sign")
+    except InputError as err:
+        return _fail(" sign", str(err))
+    except _SealBroken as err:
+        return _fail(" sign", str(err), 1)
+    result = rederive_doc(doc)
+    if result.malformed:
+        return _fail(" sign", f"{args.results}: {result.malformed}")
+    if not result.ok:
+        reasons = result.reasons()
+        return _fail(
+            " sign",
+            f"refusing to sign {args.results}: its figures do not re-derive from its raw data "
+            f"({len(reasons)} reason(s), e.g. {reasons[0]})",
+            1,
+        )
+    try:
+        sign_file(args.results, key)
+    except (OSError, ValueError) as err:
+        return _fail(" sign", f"{args.results}: {err}")
+    print(f"signed {args.results} with {fingerprint(key)}")
+    return 0
+
+
+# --- compare --------------------------------------------------------------------------------
+
+
+def gpu_type(doc: dict[str, Any]) -> str | None:
+    """The GPU type (catalogue key) a results file was measured on."""
+    gpu = doc.get("gpu")
+    if isinstance(gpu, dict) and isinstance(gpu.get("key"), str):
+        return gpu["key"]
+    peak = doc.get("peak")
+    if isinstance(peak, dict) and isinstance(peak.get("gpu"), str):
+        return peak["gpu"]
+    config = doc.get("config")
+    cluster = config.get("cluster") if isinstance(config, dict) else None
+    if isinstance(cluster, dict) and isinstance(cluster.get("gpu"), str):
+        return cluster["gpu"]
+    return None
+
+
+def _tolerance(text: str) -> float:
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not math.isfinite(value) or not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(
+            f"--tolerance={text!r}: a relative drop must be a finite number from 0 to 1 "
+            "(e.g. 0.05 for 5%)"
+        )
+    return value
+
+
+def _compare(argv: list[str]) -> int:
+    from gosok.benchmarks.core.registry import for_kind
+
+    parser = _Parser(prog="gosok report compare", usage=USAGE)
+    parser.add_argument("baseline")
+    parser.add_argument("candidate")
+    parser.add_argument(
+        "--tolerance",
+        type=_tolerance,
+        default=0.05,
+        help="relative drop that counts as a regression, 0 to 1 (default 0.05)",
+    )
+    parser.add_argument("--out", help="write the comparison (Markdown) here")
+    parser.add_argument(
+        "--allow-different-gpus",
+        action="store_true",
+        help="compare files measured on different GPU types (their figures are not alike)",
+    )
+    args = parser.parse_args(argv)
+    try:
+        a = _loaded(args.baseline, "compare")
+        b = _loaded(args.candidate, "compare")
+    except InputError as err:
+        return _fail(" compare", str(err))
+    except _SealBroken as err:
+        return _fail(" compare", str(err), 1)
+    if a["kind"] != b["kind"]:
+        return _fail(" compare", f"cannot compare kind {a['kind']!r} with {b['kind']!r}")
+    ga, gb = gpu_type(a), gpu_type(b)
+    if ga != gb:
+        if not args.allow_different_gpus:
+            return _fail(
+                " compare",
+                f"refusing to compare GPU type {ga!r} ({args.baseline}) with {gb!r} "
+                f"({args.candidate}): their figures are not alike; pass --allow-different-gpus "
+                "to compare anyway",
+            )
+        print(f"WARNING comparing different GPU types: {ga} vs {gb}; the figures are not alike")
+    record = for_kind(a["kind"])
+    if record is None or record.compare is None:
+        return _fail(" compare", f"no comparison for results of kind {a['kind']!r}")
+    results = []
+    for path, doc in ((args.baseline, a), (args.candidate, b)):
+        result = rederive_doc(doc)
+        if result.malformed or result.doc is None:
+            return _fail(" compare", f"{path}: {result.malformed}")
+        for line in _flag_lines(path, result):
+            print(line)
+        results.append(result)
+    try:
+        code = record.compare(results[0].doc, results[1].doc, args)
+    except MALFORMED_ERRORS as err:
+        return _fail(" compare", f"cannot compare these {a['kind']} results: {err!r}")
+    return max(code, 1 if any(r.problems for r in results) else 0)
+
+
+# --- audit ----------------------------------------------------------------------------------
+
+
+def _audit(argv: list[str]) -> int:
+    from gosok.benchmarks.report.audit import write_audit
+
+    parser = _Parser(prog="gosok report audit", usage=USAGE)
+    parser.add_argument("results", nargs="+")
+    parser.add_argument("--out-dir", required=True)
+    parser.add_argument("--public-key", action="append", metavar="PUB")
+    parser.add_argument("--nonce", action="append")
+    args = parser.parse_args(argv)
+    try:
+        keys = load_public_keys(args.public_key)
+        nonces = check_nonces(args.nonce)
+        loaded = [(path, *load_input(path)) for path in args.results]
+    except InputError as err:
+        return _fail(" audit", str(err))
+    assessments = []
+    for path, doc, sealed in loaded:
+        verdict = assess(path, doc, sealed, keys, nonces)
+        if verdict.malformed:
+            return _fail(" audit", f"{path}: {verdict.rederived.malformed}")
+        assessments.append(verdict)
+    try:
+        written = write_audit(assessments, Path(args.out_dir))
+    except OSError as err:
+        return _fail(" audit", f"--out-dir {args.out_dir}: {err.strerror or err}")
+    for verdict in assessments:
+        state = "VERIFIED" if verdict.passed else f"NOT VERIFIED ({', '.join(verdict.failed())})"
+        print(f"{state}  {verdict.path}")
+    for path in written:
+        print(f"audit: {path}")
+    return 0 if all(v.passed for v in assessments) else 1
+
+
+COMMANDS = {"verify": _verify, "sign": _sign, "compare": _compare, "audit": _audit}
+
+
+def run_report_command(argv: list[str]) -> int:
+    """``gosok report ...``; returns the exit code (see the module doc)."""
+    if not argv or argv[0] in ("-h", "--help"):
+        print(USAGE, end="")
+        return 0 if argv else 2
+    name = argv[0] if argv[0] in COMMANDS else None
+    run = COMMANDS[name] if name else _render
+    try:
+        return run(argv[1:] if name else argv)
+    except _UsageError as err:
+        return _fail(f" {name}" if name else "", f"{err} (see gosok report --help)")

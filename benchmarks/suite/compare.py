@@ -7,6 +7,10 @@ providers and cluster sizes; per-node figures are compared for nodes found in bo
 (same hostname and node rank, or same Ray node id). A figure that dropped by more than
 ``tolerance`` is a regression; a verdict that got worse is one too.
 
+Both documents are re-derived first (``report.rederive``): figures from their raw data,
+checks and verdicts from those figures with the GPU entry and contract each file recorded.
+A stored verdict is never compared.
+
 Use: ``rows = compare_docs(a, b, tolerance=0.05)``; ``regressions(rows)``.
 """
 
@@ -100,7 +104,22 @@ def _row(scope: str, figure: str, unit: str, a: float | None, b: float | None, t
     return CompareRow(scope, figure, unit, a, b, change, status)
 
 
+def rederived(doc: dict[str, Any]) -> dict[str, Any]:
+    """``doc`` with every figure, check, verdict and capacity re-derived from its raw data.
+
+    Raises ``ValueError`` when the document does not have a suite results file's structure.
+    """
+    from gosok.benchmarks.report.rederive import rederive_suite
+
+    result = rederive_suite.full(doc)
+    if result.doc is None:
+        raise ValueError(f"cannot re-derive the suite results: {result.malformed}")
+    return result.doc
+
+
 def compare_docs(a: dict[str, Any], b: dict[str, Any], tolerance: float = 0.05) -> list[CompareRow]:
+    """Every comparable figure of two suite runs, from their re-derived documents."""
+    a, b = rederived(a), rederived(b)
     rows: list[CompareRow] = []
     va, vb = a.get("verdict", {}).get("cluster"), b.get("verdict", {}).get("cluster")
     if va and vb:

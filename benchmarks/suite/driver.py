@@ -23,6 +23,7 @@ from rich.console import Console
 
 from gosok.benchmarks.core.harness import bench_session, run_dir, write_run_results
 from gosok.benchmarks.core.registry import Benchmark
+from gosok.benchmarks.report.rederive import rederive_suite
 from gosok.benchmarks.suite.capacity import capacity
 from gosok.benchmarks.suite.evaluate import isolation_reasons
 from gosok.benchmarks.suite.phases import PHASES, PhaseContext, evaluate_phases, suite_plan
@@ -36,6 +37,7 @@ from gosok.benchmarks.suite.verdicts import (
     node_verdicts,
 )
 from gosok.launcher.config.catalogue import gpu_spec
+from gosok.launcher.results.journal import note
 
 
 def _node_labels(plan: Any) -> list[dict[str, Any]]:
@@ -111,6 +113,7 @@ def run_suite(cfg: Any, console: Console) -> int:
             console.print(f"[bold]phase {name}[/]")
             phases[name] = PHASES[name].run(ctx, suite[name])
             timings[name] = time.perf_counter() - start
+            note("suite", {"phase": name, "result": phases[name]})
         checks: list[Check] = evaluate_phases(
             phases, gpu, contract, cfg.cluster.gpus_per_node, list(suite.inventory.drift_keys)
         )
@@ -195,4 +198,5 @@ BENCHMARK = Benchmark(
     run=run_suite,
     render=render,
     compare=compare,
+    rederive=rederive_suite,
 )

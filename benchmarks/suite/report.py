@@ -7,7 +7,9 @@ self-contained: inline CSS and the plots embedded as base64 PNGs, no network nee
 Plots: bus bandwidth vs size per collective phase, GEMM TFLOPS per GPU against the spec
 line, and a per-node heatmap of the key figures relative to the cluster median.
 
-``render_suite`` and ``compare_suite`` are the suite's ``render`` / ``compare`` hooks.
+``render_suite`` and ``compare_suite`` are the suite's ``render`` / ``compare`` hooks; both
+work on the re-derived document (checks and verdicts recomputed from the measurements, see
+``report.rederive``), never on the stored verdicts.
 Use: ``write_reports(doc, run_dir)``; ``print_summary(doc, console)``;
 ``gosok report compare A.json B.json [--tolerance 0.05] [--out diff.md]``.
 """
@@ -25,7 +27,7 @@ from typing import Any
 from rich.console import Console
 from rich.table import Table
 
-from gosok.benchmarks.suite.compare import REGRESSION, compare_docs, regressions
+from gosok.benchmarks.suite.compare import REGRESSION, compare_docs, rederived, regressions
 from gosok.benchmarks.suite.verdicts import FAIL, PASS, WARN, check_from_dict
 from gosok.launcher.results.store import atomic_write_bytes
 
@@ -469,6 +471,7 @@ def write_reports(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
 
 
 def render_suite(doc: dict[str, Any], args: argparse.Namespace) -> int:
+    doc = rederived(doc)
     console = Console(highlight=False, soft_wrap=True)
     print_summary(doc, console)
     if getattr(args, "out_dir", None):
@@ -507,6 +510,7 @@ def render_comparison(a: dict[str, Any], b: dict[str, Any], rows: list[Any], tol
 
 
 def compare_suite(a: dict[str, Any], b: dict[str, Any], args: argparse.Namespace) -> int:
+    a, b = rederived(a), rederived(b)
     rows = compare_docs(a, b, args.tolerance)
     console = Console(highlight=False, soft_wrap=True)
     table = Table(title=f"suite comparison (regression: drop > {args.tolerance:.0%})")

@@ -15,12 +15,11 @@ from gosok.launcher.config.validate import raise_if, validate_cluster
 from gosok.launcher.errors import GosokError
 
 
-def _print_nodes(address: str, console: Any) -> None:
-    import os
-
+def _print_nodes(address: str, console: Any, local_name: str | None = None) -> None:
     import ray
 
-    os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+    if local_name:
+        local_cluster.use_auth(local_name)
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
         for node in ray.nodes():
@@ -68,6 +67,6 @@ def run_cluster_command(cfg: Any, console: Any) -> int:
         else:
             address = cluster.address
         console.print(f"cluster {cluster.name!r} at {address}:")
-        _print_nodes(address, console)
+        _print_nodes(address, console, cluster.name if cluster.kind == "local" else None)
         return 0
     raise GosokError(f"action={action!r} is not allowed; allowed values: up, down, status")

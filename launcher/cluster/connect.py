@@ -5,19 +5,28 @@ Use::
 
     with ray_cluster(cfg.cluster) as info:   # ray is initialised inside the block
         ...
+
+One connection per process: a running cluster (one this block did not start) stays
+connected after the block, so the next block in the same process (a ``-m`` sweep, a
+restart) does not connect again; the connection closes when the process exits. A local
+cluster started for the block is disconnected and stopped at its end. ``ray`` is imported
+only here, inside the functions, so a command that refuses its input never loads it.
 """
 
 from __future__ import annotations
 
+import atexit
 import contextlib
 import os
 from collections.abc import Iterator
 from dataclasses import dataclass
 from typing import Any
 
-import ray
-
 from gosok.launcher.cluster import local as local_cluster
+
+TASK_EVENTS_ENV = "RAY_task_events_report_interval_ms"
+_connected: list[str] = []  # the address this process connected to here, if any
+_exit_hook: list[bool] = []
 
 
 @dataclass
@@ -26,24 +35,56 @@ class ClusterConnection:
     started_here: bool
 
 
+def connected() -> bool:
+    """Whether this process connected to a Ray cluster here and still is."""
+    return bool(_connected)
+
+
+def _disconnect() -> None:
+    import ray
+
+    _connected.clear()
+    with contextlib.suppress(Exception):
+        ray.shutdown()
+
+
 def _init(address: str) -> None:
-    ray.init(address=address, namespace="gosok", logging_level="ERROR", log_to_driver=True)
+    """Connect to ``address`` unless this process already is."""
+    import ray
+
+    if _connected:
+        if _connected == [address] and ray.is_initialized():
+            return
+        _disconnect()
+    # The driver reports no task events (Ray's timeline of its own calls to actors): flushing
+    # them makes every disconnect take 0.2-0.3 s. Read once, by ray.init; a value the user
+    # set wins.
+    saved = os.environ.get(TASK_EVENTS_ENV)
+    os.environ.setdefault(TASK_EVENTS_ENV, "0")
+    try:
+        ray.init(address=address, namespace="gosok", logging_level="ERROR", log_to_driver=True)
+    finally:
+        if saved is None:
+            os.environ.pop(TASK_EVENTS_ENV, None)
+    _connected[:] = [address]
+    if not _exit_hook:
+        # Disconnect before Ray's own exit hook, which waits half a second for log lines.
+        atexit.register(lambda: _connected and _disconnect())
+        _exit_hook.append(True)
 
 
 @contextlib.contextmanager
 def ray_cluster(cluster: Any) -> Iterator[ClusterConnection]:
     if cluster.kind == "local":
-        # Local nodes run without Ray's auth token (see local_cluster.ray_env).
-        os.environ["RAY_AUTH_MODE"] = "disabled"
+        # Present the local cluster's token (Ray reads it when it is first imported).
+        local_cluster.use_auth(cluster.name)
         with local_cluster.local_cluster(cluster) as (address, started):
             _init(address)
             try:
                 yield ClusterConnection(address, started)
             finally:
-                ray.shutdown()
+                if started:
+                    _disconnect()
         return
     _init(cluster.address)
-    try:
-        yield ClusterConnection(cluster.address, False)
-    finally:
-        ray.shutdown()
+    yield ClusterConnection(cluster.address, False)

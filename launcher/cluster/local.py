@@ -18,6 +18,7 @@ from __future__ import annotations
 import contextlib
 import json
 import os
+import secrets
 import signal
 import socket
 import subprocess
@@ -29,16 +30,45 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
+from gosok.launcher.cluster.netns import NetnsNetwork, shared_dir
 from gosok.launcher.errors import GosokError
 from gosok.launcher.results.store import atomic_write_bytes
 
 SLOT_RESOURCE = "gosok_slot"
 
 
-def ray_env() -> dict[str, str]:
-    """Environment for Ray processes: no auth token, no usage stats."""
+def token_file(name: str) -> Path:
+    return state_dir() / f"local-{name}.token"
+
+
+def new_token(name: str) -> Path:
+    """A fresh Ray auth token for this cluster, readable by this user only."""
+    path = token_file(name)
+    path.unlink(missing_ok=True)
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+    with os.fdopen(fd, "w") as handle:
+        handle.write(secrets.token_hex(32))
+    return path
+
+
+def auth_env(name: str) -> dict[str, str]:
+    """What a process needs to reach the local cluster ``name``: Ray's token auth on, with
+    this cluster's token file (a wrong or missing token is refused by every Ray service)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file(name))}
+
+
+def use_auth(name: str) -> None:
+    """Make this process present the local cluster's token when it connects. Ray reads
+    its auth mode once, when it is imported: call this before anything imports ray."""
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(auth_env(name))
+
+
+def ray_env(name: str) -> dict[str, str]:
+    """Environment for the cluster's Ray processes: its token, no usage stats."""
     env = dict(os.environ)
-    env["RAY_AUTH_MODE"] = "disabled"
+    env.pop("RAY_AUTH_TOKEN", None)
+    env.update(auth_env(name))
     env["RAY_USAGE_STATS_ENABLED"] = "0"
     return env
 
@@ -73,6 +103,7 @@ class LocalClusterState:
     pgids: list[int]
     log_dir: str
     started_unix: float
+    isolation: str = "none"
 
     def path(self) -> Path:
         return state_file(self.name)
@@ -122,10 +153,10 @@ def is_running(state: LocalClusterState) -> bool:
 
 
 def _node_command(
-    role: str, head_address: str, port: int, cluster: Any, temp_dir: str
+    role: str, head_address: str, port: int, cluster: Any, temp_dir: str, ip: str
 ) -> list[str]:
     local = cluster.local
-    ip = local.node_ip
+    own_ports = local.isolation == "netns" and role != "head"  # a host of its own
     cmd = [
         sys.executable,
         "-m",
@@ -138,11 +169,14 @@ def _node_command(
         f"--resources={json.dumps({SLOT_RESOURCE: cluster.gpus_per_node})}",
         "--num-gpus=0",
         "--disable-usage-stats",
-        f"--dashboard-agent-listen-port={free_port(ip)}",
-        f"--metrics-export-port={free_port(ip)}",
-        f"--runtime-env-agent-port={free_port(ip)}",
         f"--temp-dir={temp_dir}",
     ]
+    if not own_ports:
+        cmd += [
+            f"--dashboard-agent-listen-port={free_port(ip)}",
+            f"--metrics-export-port={free_port(ip)}",
+            f"--runtime-env-agent-port={free_port(ip)}",
+        ]
     if role == "head":
         cmd += [
             "--head",
@@ -163,21 +197,41 @@ def start(cluster: Any) -> LocalClusterState:
             f"local cluster {cluster.name!r} is already running at {existing.address}; "
             "`gosok cluster down` first"
         )
-    ip = cluster.local.node_ip
+    isolation = cluster.local.isolation
+    net = NetnsNetwork.for_cluster(cluster.name, cluster.nodes) if isolation == "netns" else None
+    ip = net.head_ip if net else cluster.local.node_ip
+    if net:
+        net.create()
     port = cluster.local.port or free_port(ip)
     address = f"{ip}:{port}"
-    log_dir = tempfile.mkdtemp(prefix=f"gosok-{cluster.name}-")
+    # Short: Ray's socket paths live under it (at most 107 bytes). Worker nodes in their
+    # own namespaces keep their Ray files in their private /tmp.
+    log_dir = tempfile.mkdtemp(prefix=f"gosok-{cluster.name[:12]}-")
     pgids: list[int] = []
     state = LocalClusterState(
-        cluster.name, address, ip, cluster.nodes, cluster.gpus_per_node, pgids, log_dir, time.time()
-    )
+        cluster.name, address, ip, cluster.nodes, cluster.gpus_per_node, pgids, log_dir,
+        time.time(), isolation,
+    )  # fmt: skip
+    new_token(cluster.name)
     try:
         for index in range(cluster.nodes):
             role = "head" if index == 0 else "worker"
+            node_ip = net.ip_of(index) if net else ip
+            temp_dir = os.path.join(log_dir, f"ray-{index}")
+            command = _node_command(role, address, port, cluster, temp_dir, node_ip)
+            env = ray_env(cluster.name)
+            if net:
+                shared = shared_dir(state_dir(), cluster.name)
+                command = net.wrap(index, command, shared)
+                env["GLOO_SOCKET_IFNAME"] = net.interface(index)
+                env["GOSOK_SHARED_DIR"] = str(shared)
+                if index:  # a host of its own: the token travels in memory, not on disk
+                    env.pop("RAY_AUTH_TOKEN_PATH", None)
+                    env["RAY_AUTH_TOKEN"] = token_file(cluster.name).read_text().strip()
             log = open(os.path.join(log_dir, f"node-{index}.log"), "wb")  # noqa: SIM115
             proc = subprocess.Popen(
-                _node_command(role, address, port, cluster, os.path.join(log_dir, f"ray-{index}")),
-                env=ray_env(),
+                command,
+                env=env,
                 stdout=log,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
@@ -188,10 +242,12 @@ def start(cluster: Any) -> LocalClusterState:
             state.save()
             if role == "head":
                 _wait_for_port(ip, port, cluster.local.start_timeout_s, log_dir)
-        wait_for_nodes(address, cluster.nodes, cluster.local.start_timeout_s, log_dir)
+        wait_for_nodes(address, cluster.nodes, cluster.local.start_timeout_s, log_dir, cluster.name)
     except BaseException:
         stop_sessions(pgids)
         state.path().unlink(missing_ok=True)
+        if net:
+            net.destroy()
         raise
     return state
 
@@ -205,20 +261,20 @@ def _wait_for_port(host: str, port: int, timeout_s: float, log_dir: str) -> None
     raise GosokError(f"Ray head did not open {host}:{port} in {timeout_s}s; logs in {log_dir}")
 
 
-def wait_for_nodes(address: str, count: int, timeout_s: float, log_dir: str) -> None:
+def wait_for_nodes(address: str, count: int, timeout_s: float, log_dir: str, name: str) -> None:
     """Block until the cluster at ``address`` has ``count`` alive nodes with rank slots.
 
     A process holds one Ray connection at a time, so when this one is already connected
     (to this or another cluster) the wait runs in a short-lived subprocess.
     """
-    import ray
-
-    if ray.is_initialized():
-        call = f"wait_for_nodes({address!r}, {count}, {timeout_s}, {log_dir!r})"
+    if "ray" in sys.modules:
+        # Ray fixes its auth mode when it is imported: probe from a fresh process that
+        # presents this cluster's token.
+        call = f"wait_for_nodes({address!r}, {count}, {timeout_s}, {log_dir!r}, {name!r})"
         probe = f"from gosok.launcher.cluster.local import wait_for_nodes; {call}"
         result = subprocess.run(
             [sys.executable, "-c", probe],
-            env=ray_env(),
+            env=ray_env(name),
             capture_output=True,
             text=True,
             timeout=timeout_s + 60,
@@ -230,7 +286,9 @@ def wait_for_nodes(address: str, count: int, timeout_s: float, log_dir: str) -> 
                 else f"local Ray cluster at {address} did not come up; logs in {log_dir}"
             )
         return
-    os.environ["RAY_AUTH_MODE"] = "disabled"
+    use_auth(name)
+    import ray
+
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)
     try:
         deadline = time.monotonic() + timeout_s
@@ -269,7 +327,10 @@ def stop(name: str) -> bool:
     if state is None:
         return False
     stop_sessions(state.pgids)
+    if state.isolation == "netns":
+        NetnsNetwork.for_cluster(name, state.nodes).destroy()
     state.path().unlink(missing_ok=True)
+    token_file(name).unlink(missing_ok=True)
     return True
 
 

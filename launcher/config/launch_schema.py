@@ -17,6 +17,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
+from gosok.launcher.config.ledger_schema import LedgerConfig
 from gosok.launcher.config.schema import ClusterConfig
 
 JOB_KINDS = ("script", "recipe")
@@ -38,6 +39,9 @@ class ScriptJobConfig:
     args: list[str] = field(default_factory=list)  # argv after the script, never a shell
     python: str = ""  # interpreter on the nodes; empty: the driver's sys.executable
     env: dict[str, str] = field(default_factory=dict)  # extra environment for every rank
+    #: Variables copied from the launching environment to every rank (e.g. HF_TOKEN):
+    #: their values are redacted in every file and everything printed.
+    env_from_host: list[str] = field(default_factory=list)
     workdir: str = ""  # cwd of the ranks; empty: the launch directory
 
 
@@ -137,6 +141,20 @@ class AllocationConfig:
 
 
 @dataclass
+class LaunchOptions:
+    """How the ranks' processes are started, and what is reported about it."""
+
+    #: true: every rank is a fresh ``python`` started by its own rank actor (imports torch
+    #: itself). false: ranks are forked from a warm server on each node that has torch (and
+    #: DeepSpeed / the recipe when the job needs them) imported already; gosok falls back
+    #: to fresh processes, saying why, when the warm server cannot serve the job.
+    fresh_process: bool = False
+    #: Print where the time went from the command to rank 0's first step (CLI, connect,
+    #: placement, process start, imports, process-group init) and store it in launch.json.
+    profile: bool = False
+
+
+@dataclass
 class LaunchConfig:
     """Top-level config of ``gosok launch``."""
 
@@ -147,6 +165,8 @@ class LaunchConfig:
     checkpoint: CheckpointConfig = field(default_factory=CheckpointConfig)
     fault: FaultConfig = field(default_factory=FaultConfig)
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
+    launch: LaunchOptions = field(default_factory=LaunchOptions)
+    ledger: LedgerConfig = field(default_factory=LedgerConfig)
     run_id: str = ""  # empty: derived from the run directory (stable across restarts)
     job_id: str = ""  # W&B group; empty: the job name
     tee_ranks: list[int] = field(default_factory=lambda: [0])

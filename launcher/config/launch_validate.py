@@ -10,6 +10,7 @@ Use: ``raise_if(validate_launch(cfg, cwd))``.
 
 from __future__ import annotations
 
+import os
 import re
 import shutil
 from pathlib import Path
@@ -25,7 +26,8 @@ from gosok.launcher.config.launch_schema import (
     WANDB_MODES,
     ZERO_STAGES,
 )
-from gosok.launcher.config.validate import one_of, positive, validate_cluster
+from gosok.launcher.config.ledger_schema import validate_ledger
+from gosok.launcher.config.validate import one_of, positive, timeout, validate_cluster
 from gosok.launcher.recipe.config import batch_problems
 
 RUN_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
@@ -43,9 +45,40 @@ def validate_script(job: Any, cwd: Path) -> list[str]:
         problems.append(f"job.python={job.python!r}: no such interpreter")
     if job.workdir and not Path(job.workdir).is_dir():
         problems.append(f"job.workdir={job.workdir!r}: no such directory")
-    bad_env = [k for k in job.env if not re.match(r"^[A-Za-z_][A-Za-z0-9_]*$", k)]
-    if bad_env:
-        problems.append(f"job.env has invalid variable name(s) {bad_env}")
+    problems += env_problems("job.env", list(job.env))
+    problems += env_problems("job.env_from_host", list(job.env_from_host))
+    missing = [n for n in job.env_from_host if isinstance(n, str) and n not in os.environ]
+    if missing:
+        problems.append(
+            f"job.env_from_host names {missing}, which the launching environment does not set"
+        )
+    return problems
+
+
+# Set by gosok for every rank: a job may not override them.
+RESERVED_ENV = (
+    "RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
+    "NODE_RANK", "GROUP_RANK", "ROLE_RANK", "ROLE_WORLD_SIZE", "TORCHELASTIC_RUN_ID",
+    "CUDA_VISIBLE_DEVICES", "WANDB_API_KEY", "WANDB_RUN_ID", "WANDB_DIR", "PYTHONPATH",
+)  # fmt: skip
+ENV_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_]{0,127}$")
+
+
+def env_problems(key: str, names: list[str]) -> list[str]:
+    """Variable names a job may set: well-formed, not gosok's or torchrun's own."""
+    problems = []
+    bad = [n for n in names if not isinstance(n, str) or not ENV_NAME.match(n)]
+    if bad:
+        problems.append(
+            f"{key} has invalid variable name(s) {bad}; allowed: letters, digits and '_', "
+            "not starting with a digit"
+        )
+    reserved = [n for n in names if n in RESERVED_ENV or str(n).startswith("GOSOK_")]
+    if reserved:
+        problems.append(
+            f"{key} sets {reserved}, which gosok sets for every rank; reserved: "
+            f"{', '.join(RESERVED_ENV)}, GOSOK_*"
+        )
     return problems
 
 
@@ -54,15 +87,16 @@ def validate_recipe(job: Any, ds: Any, world: int) -> list[str]:
     problems += one_of("job.strategy", job.strategy, STRATEGIES)
     problems += one_of("job.precision", job.precision, PRECISIONS)
     for key in ("steps", "micro_batch", "grad_accum", "log_every"):
-        problems += positive(f"job.{key}", getattr(job, key))
-    if job.lr <= 0:
-        problems.append(f"job.lr={job.lr} must be > 0")
-    problems += positive("job.step_sleep_s", job.step_sleep_s, 0)
-    problems += positive("job.grad_clip", job.grad_clip, 0)
+        problems += positive(f"job.{key}", getattr(job, key), 1, maximum=1_000_000_000)
+    problems += positive("job.lr", job.lr, 1e-12, maximum=10.0)
+    problems += positive("job.step_sleep_s", job.step_sleep_s, 0, maximum=3600)
+    problems += positive("job.grad_clip", job.grad_clip, 0, maximum=1e6)
     model = job.model
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):
-        problems += positive(f"job.model.{key}", getattr(model, key))
-    problems += positive("job.model.seq_len", model.seq_len, 2)
+        problems += positive(f"job.model.{key}", getattr(model, key), 1, maximum=1 << 20)
+    problems += positive("job.model.seq_len", model.seq_len, 2, maximum=1 << 20)
+    if problems:
+        return problems
     if model.n_heads >= 1 and model.d_model % model.n_heads:
         problems.append(
             f"job.model.d_model={model.d_model} must be divisible by "
@@ -85,14 +119,14 @@ def validate_launch(cfg: Any, cwd: Path) -> list[str]:
         problems += validate_script(job, cwd)
     elif job.kind == "recipe":
         problems += validate_recipe(job, cfg.deepspeed, world)
-    problems += positive("checkpoint.every_steps", cfg.checkpoint.every_steps)
-    problems += positive("checkpoint.keep_last", cfg.checkpoint.keep_last)
+    problems += positive("checkpoint.every_steps", cfg.checkpoint.every_steps, 1, 1_000_000_000)
+    problems += positive("checkpoint.keep_last", cfg.checkpoint.keep_last, 1, maximum=1000)
     fault = cfg.fault
-    problems += positive("fault.max_failures", fault.max_failures, 0)
-    problems += positive("fault.same_failure_limit", fault.same_failure_limit)
-    for key in ("hang_timeout_s", "startup_timeout_s", "poll_s", "placement_timeout_s"):
-        if getattr(fault, key) <= 0:
-            problems.append(f"fault.{key}={getattr(fault, key)} must be > 0")
+    problems += positive("fault.max_failures", fault.max_failures, 0, maximum=10_000)
+    problems += positive("fault.same_failure_limit", fault.same_failure_limit, 1, maximum=10_000)
+    for key in ("hang_timeout_s", "startup_timeout_s", "placement_timeout_s"):
+        problems += timeout(f"fault.{key}", getattr(fault, key))
+    problems += positive("fault.poll_s", fault.poll_s, 0.01, maximum=600)
     problems += one_of("logger.kind", cfg.logger.kind, LOGGER_KINDS)
     problems += one_of("logger.mode", cfg.logger.mode, WANDB_MODES)
     bad_tee = [r for r in cfg.tee_ranks if not 0 <= r < world]
@@ -109,4 +143,5 @@ def validate_launch(cfg: Any, cwd: Path) -> list[str]:
     problems += one_of("allocation.track", cfg.allocation.track, TRACKS)
     if cfg.allocation.track in TRACKS and cfg.allocation.track != "none":
         problems += [f"allocation: {p}" for p in check_allocation(cluster, cfg.allocation.track)]
+    problems += validate_ledger(cfg.ledger)
     return problems

@@ -50,6 +50,10 @@ class LocalRayConfig:
     cpus_per_node: int = 1
     object_store_bytes: int = 100_000_000
     start_timeout_s: float = 60.0
+    #: none: every node on loopback (127.0.0.2), sharing this machine's network, hostname
+    #: and /tmp. netns (root): each worker node in its own network, UTS and mount
+    #: namespace — its own IP on a private bridge, hostname and /tmp — like separate hosts.
+    isolation: str = "none"
 
 
 @dataclass

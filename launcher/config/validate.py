@@ -9,7 +9,9 @@ raises ``ConfigError``.
 
 from __future__ import annotations
 
+import ipaddress
 import math
+import re
 from collections.abc import Iterable, Sequence
 from typing import Any
 
@@ -52,14 +54,33 @@ def positive(key: str, value: Any, minimum: float = 1, maximum: float | None = N
     return []
 
 
+MAX_NODES = 4096  # the programme's largest cluster is 510 nodes
+MAX_GPUS_PER_NODE = 64
+MAX_LOCAL_NODES = 32  # the CPU fallback runs every node on this machine
+MAX_TIMEOUT_S = 7 * 86_400
+NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.-]{0,63}$")
+
+
+def name_problems(key: str, value: Any) -> list[str]:
+    if not isinstance(value, str) or not NAME.match(value):
+        return [f"{key}={value!r} is not allowed; allowed: 1-64 letters, digits, '_', '.', '-'"]
+    return []
+
+
+def timeout(key: str, value: Any) -> list[str]:
+    return positive(key, value, 0.001, maximum=MAX_TIMEOUT_S)
+
+
 def validate_cluster(cluster: Any, prefix: str = "cluster") -> list[str]:
     problems: list[str] = []
     catalogue = load_catalogue()
+    problems += name_problems(f"{prefix}.name", cluster.name)
     problems += one_of(f"{prefix}.gpu", cluster.gpu, sorted(catalogue))
     problems += one_of(f"{prefix}.kind", cluster.kind, CLUSTER_KINDS)
-    problems += positive(f"{prefix}.nodes", cluster.nodes)
-    problems += positive(f"{prefix}.gpus_per_node", cluster.gpus_per_node)
-    problems += positive(f"{prefix}.spare_nodes", cluster.spare_nodes, 0)
+    most = MAX_LOCAL_NODES if cluster.kind == "local" else MAX_NODES
+    problems += positive(f"{prefix}.nodes", cluster.nodes, 1, maximum=most)
+    problems += positive(f"{prefix}.gpus_per_node", cluster.gpus_per_node, 1, MAX_GPUS_PER_NODE)
+    problems += positive(f"{prefix}.spare_nodes", cluster.spare_nodes, 0, maximum=most)
     if cluster.kind == "local" and cluster.gpu != "cpu":
         problems.append(
             f"{prefix}.gpu={cluster.gpu!r} needs kind=existing; a local cluster is the CPU "
@@ -67,10 +88,20 @@ def validate_cluster(cluster: Any, prefix: str = "cluster") -> list[str]:
         )
     if cluster.kind == "local":
         local = cluster.local
-        problems += positive(f"{prefix}.local.cpus_per_node", local.cpus_per_node)
+        problems += positive(f"{prefix}.local.cpus_per_node", local.cpus_per_node, 1, 1024)
         problems += positive(
-            f"{prefix}.local.object_store_bytes", local.object_store_bytes, 78_643_200
+            f"{prefix}.local.object_store_bytes", local.object_store_bytes, 78_643_200, 1 << 40
         )
+        problems += timeout(f"{prefix}.local.start_timeout_s", local.start_timeout_s)
+        problems += one_of(f"{prefix}.local.isolation", local.isolation, ("none", "netns"))
+        if local.isolation == "netns":
+            from gosok.launcher.cluster.netns import problem
+
+            reason = problem()
+            if reason:
+                problems.append(f"{prefix}.local.isolation=netns is not possible here: {reason}")
+        else:
+            problems += loopback_problems(f"{prefix}.local.node_ip", local.node_ip)
         if not 0 <= local.port <= 65535:
             problems.append(f"{prefix}.local.port={local.port} must be in 0..65535 (0: free port)")
     if cluster.kind == "existing" and not cluster.address:
@@ -79,6 +110,17 @@ def validate_cluster(cluster: Any, prefix: str = "cluster") -> list[str]:
             "e.g. cluster.address=10.0.0.1:6379"
         )
     return problems
+
+
+def loopback_problems(key: str, value: Any) -> list[str]:
+    """A local cluster listens on loopback only: nobody else on the network can reach it."""
+    try:
+        address = ipaddress.ip_address(str(value))
+    except ValueError:
+        return [f"{key}={value!r} is not an IP address; allowed: an address in 127.0.0.0/8"]
+    if not address.is_loopback:
+        return [f"{key}={value} is not a loopback address; allowed: an address in 127.0.0.0/8"]
+    return []
 
 
 def raise_if(problems: list[str]) -> None:

@@ -20,6 +20,7 @@ from __future__ import annotations
 import hashlib
 import json
 import os
+import re
 import shutil
 import time
 from dataclasses import dataclass, field
@@ -73,10 +74,19 @@ class CheckpointStore:
         return tmp
 
     def read_manifest(self) -> dict[str, Any]:
+        """The manifest, with every entry checked: a ``dir`` outside ``step-NNNNNN`` or a
+        file path leaving its directory is refused, never followed or removed."""
         path = self.root / MANIFEST
         if not path.exists():
             return {"format": FORMAT, "checkpoints": []}
-        return json.loads(path.read_text())
+        manifest = json.loads(path.read_text())
+        if not isinstance(manifest, dict) or not isinstance(manifest.get("checkpoints"), list):
+            raise ValueError(f"{path}: not a gosok checkpoint manifest")
+        for entry in manifest["checkpoints"]:
+            problem = _entry_problem(entry)
+            if problem:
+                raise ValueError(f"{path}: {problem}")
+        return manifest
 
     def commit(self, step: int, meta: dict[str, Any] | None = None) -> CheckpointEntry:
         tmp = self.tmp_path(step)
@@ -134,16 +144,35 @@ class CheckpointStore:
         return None
 
 
+STEP_DIR = re.compile(r"^step-\d{6,}$")
+
+
+def _entry_problem(entry: Any) -> str | None:
+    if not isinstance(entry, dict) or not isinstance(entry.get("step"), int):
+        return f"malformed checkpoint entry {entry!r}"
+    if entry.get("dir") != CheckpointStore.name(entry["step"]) or not STEP_DIR.match(entry["dir"]):
+        return f"checkpoint dir {entry.get('dir')!r} is not step-NNNNNN of step {entry['step']}"
+    files = entry.get("files")
+    if not isinstance(files, dict):
+        return f"checkpoint {entry['dir']}: malformed file list"
+    for name in files:
+        parts = Path(str(name)).parts
+        if not parts or Path(str(name)).is_absolute() or ".." in parts:
+            return f"checkpoint {entry['dir']}: file path {name!r} leaves its directory"
+    return None
+
+
 def save_state(store: CheckpointStore, step: int, state: dict[str, Any], meta: dict) -> Path:
     """Single-writer save of a torch state dict (the DDP path)."""
     import torch
 
     tmp = store.begin(step)
     torch.save(state, tmp / "state.pt")
+    os.chmod(tmp / "state.pt", 0o600)
     return store.commit(step, meta).path
 
 
 def load_state(entry: CheckpointEntry) -> dict[str, Any]:
     import torch
 
-    return torch.load(entry.path / "state.pt", map_location="cpu", weights_only=False)
+    return torch.load(entry.path / "state.pt", map_location="cpu", weights_only=True)

@@ -16,6 +16,7 @@ import json
 import os
 import re
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -25,6 +26,7 @@ from rich.console import Console
 
 from gosok.launcher.config.allocation import describe_allocation
 from gosok.launcher.config.launch_validate import validate_launch
+from gosok.launcher.config.secrets import redacted_config
 from gosok.launcher.config.validate import raise_if
 from gosok.launcher.launch.checkpoint import CheckpointStore
 from gosok.launcher.launch.wandb_logger import redact, wandb_mode
@@ -54,6 +56,43 @@ class LaunchPlan:
     total_steps: int | None
 
 
+RECIPE_ENV = "GOSOK_RECIPE_CONFIG"
+
+
+def default_checkpoint_root(cluster: Any, run_dir: Path, run_id: str) -> Path:
+    """Where checkpoints go unless checkpoint.dir says: the run dir, or on a local cluster
+    whose nodes are separate hosts, the directory standing for its shared storage."""
+    if cluster.kind == "local" and cluster.local.isolation == "netns":
+        from gosok.launcher.cluster.local import state_dir
+        from gosok.launcher.cluster.netns import shared_dir
+
+        return shared_dir(state_dir(), cluster.name) / run_id / "checkpoints"
+    return run_dir / "checkpoints"
+
+
+def printable(env: dict[str, str]) -> dict[str, str]:
+    """The env as printed: the recipe's config is shown on its own below."""
+    return {k: ("<the recipe config below>" if k == RECIPE_ENV else v) for k, v in env.items()}
+
+
+def shipped_code(script: Path, argv_index: int) -> dict[str, Any]:
+    """The script's directory packed for every node (see ``ranks.shipping``)."""
+    from dataclasses import asdict
+
+    from gosok.launcher.errors import ConfigError
+    from gosok.launcher.ranks.shipping import ShippingError, pack
+
+    try:
+        bundle = pack(script.parent)
+    except (ShippingError, OSError) as err:
+        raise ConfigError([f"job.script={str(script)!r}: {err}"]) from err
+    return {
+        "bundle": asdict(bundle),
+        "bundle_script": str(script.relative_to(script.parent.resolve())),
+        "bundle_argv_index": argv_index,
+    }
+
+
 def stable_run_id(name: str, run_dir: Path) -> str:
     """Same run directory, same id: a relaunch into it resumes checkpoints and W&B run."""
     digest = hashlib.sha1(str(run_dir).encode()).hexdigest()[:10]
@@ -66,7 +105,8 @@ def build_plan(cfg: Any, run_dir: Path, cwd: Path) -> LaunchPlan:
     world = cluster.nodes * cluster.gpus_per_node
     run_id = cfg.run_id or stable_run_id(job.name, run_dir)
     job_id = cfg.job_id or job.name
-    ckpt_dir = Path(cfg.checkpoint.dir or run_dir / "checkpoints").resolve()
+    ckpt_dir = Path(cfg.checkpoint.dir or default_checkpoint_root(cluster, run_dir, run_id))
+    ckpt_dir = ckpt_dir.resolve()
     env = {
         "GOSOK_RUN_ID": run_id,
         "GOSOK_JOB_ID": job_id,
@@ -97,11 +137,12 @@ def build_plan(cfg: Any, run_dir: Path, cwd: Path) -> LaunchPlan:
         script = script if script.is_absolute() else (cwd / script).resolve()
         argv = [python, "-m", RUNNER_MODULE, str(script), *[str(a) for a in job.args]]
         env.update({str(k): str(v) for k, v in job.env.items()})
+        env.update({name: os.environ[name] for name in job.env_from_host if name in os.environ})
         workdir = job.workdir or str(cwd)
     else:
         argv = [
             sys.executable, "-m", RUNNER_MODULE, "--module", RECIPE_MODULE,
-            "--config", str(run_dir / "recipe.json"),
+            "--config", f"env:{RECIPE_ENV}",
         ]  # fmt: skip
         workdir = str(cwd)
         batch = batch_arithmetic(job, world)
@@ -121,10 +162,12 @@ def build_plan(cfg: Any, run_dir: Path, cwd: Path) -> LaunchPlan:
             "run_id": run_id,
             "job_id": job_id,
             "run_dir": str(run_dir),
-            "result_file": str(run_dir / "result.json"),
             "peak_tflops": recipe_peak_tflops(cluster.gpu, job.precision),
             "gpu": cluster.gpu,
         }
+    if recipe is not None:
+        # The job spec travels with the ranks' environment (through Ray), not a shared file.
+        env[RECIPE_ENV] = json.dumps(recipe, separators=(",", ":"))
     return LaunchPlan(
         run_dir, run_id, job_id, ckpt_dir, argv, workdir, env, rank_env, recipe, batch, total_steps
     )
@@ -148,13 +191,19 @@ def print_plan(cfg: Any, plan: LaunchPlan, console: Console) -> None:
         out(f"  node_rank {index}: {node.node_id} ranks {members}")
     out(f"argv (every rank, no shell): {json.dumps(plan.argv)}")
     out(f"cwd: {plan.cwd}")
+    if cfg.launch.fresh_process:
+        out("rank start: fresh processes, one per rank actor (launch.fresh_process=true)")
+    else:
+        out(f"rank start: warm, forked from each node's warm server with "
+            f"{', '.join(warm_preload(cfg.job))} imported (fresh processes, with the reason, "
+            "where it cannot serve the job)")  # fmt: skip
     shown = ranks.ranks if len(ranks.ranks) <= 16 else ranks.ranks[:4] + ranks.ranks[-2:]
     out("per-rank env:")
     for spec in shown:
         extra = sorted(plan.rank_env.get(str(spec.rank), {}))
         note = f" (+ {', '.join(extra)}=<redacted>)" if extra else ""
         out(f"  rank {spec.rank} (node_rank {spec.node_rank}, local_rank {spec.local_rank}): "
-            f"{json.dumps(redact(spec.env), sort_keys=True)}{note}")  # fmt: skip
+            f"{json.dumps(redact(printable(spec.env)), sort_keys=True)}{note}")  # fmt: skip
     if len(shown) < len(ranks.ranks):
         out(f"  ... {len(ranks.ranks) - len(shown)} more rank(s), same pattern")
     out(f"logs: {plan.run_dir / 'logs' / 'attempt-<n>' / 'rank-<r>.log'}; terminal: "
@@ -187,6 +236,69 @@ def print_plan(cfg: Any, plan: LaunchPlan, console: Console) -> None:
     out("dry run: nothing started, Ray not contacted")
 
 
+def warm_preload(job: Any) -> tuple[str, ...]:
+    """What the nodes' warm servers import before forking this job's ranks."""
+    if job.kind != "recipe":
+        return ("torch",)
+    if job.strategy == "deepspeed":
+        return ("torch", "deepspeed", RECIPE_MODULE)
+    return ("torch", RECIPE_MODULE)
+
+
+PROFILE_PHASES = (
+    ("cli", "Python start, imports, Hydra compose, validation, run directory"),
+    ("connect", "import ray and the supervisor, ray.init"),
+    ("placement", "node check, placement group, warm holders / rank actors"),
+    ("process start", "spawn request -> rank 0 runs its script"),
+    ("script imports", "rank 0: script start -> init_process_group called"),
+    ("process group", "rank 0: init_process_group"),
+    ("first step", "rank 0: process group up -> first heartbeat"),
+)
+
+
+def launch_profile(marks: dict[str, float | None], outcome: Any) -> dict[str, Any]:
+    """Seconds per phase from the command's start to rank 0's first step (None where a
+    mark is missing: a script that sends no heartbeat has no first step)."""
+    rank0 = outcome.timings.get("rank0", {})
+    seen: dict[str, float] = {}
+    for mark in rank0.get("marks", []):
+        seen.setdefault(mark["event"], mark["unix"])
+    times = [
+        marks["process_start"],
+        marks["connect_start"],
+        marks["connected"],
+        rank0.get("spawn_unix"),
+        seen.get("start"),
+        seen.get("pg_init_start"),
+        seen.get("pg_init_end"),
+        outcome.first_beat_unix,
+    ]
+    phases = {}
+    for (name, _), begin, end in zip(PROFILE_PHASES, times[:-1], times[1:], strict=True):
+        phases[name] = None if begin is None or end is None else round(end - begin, 4)
+    first = outcome.first_beat_unix
+    return {
+        "phases_s": phases,
+        "command_to_first_step_s": None if first is None else round(first - times[0], 4),
+        "rank_start": outcome.rank_start,
+        "details_s": {k: round(v, 4) for k, v in outcome.timings.items() if k.endswith("_s")},
+        "rank0_marks": rank0.get("marks", []),
+    }
+
+
+def print_profile(console: Console, profile: dict[str, Any]) -> None:
+    out = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
+    out(f"profile ({profile['rank_start'].get('mode', '?')} ranks; seconds):")
+    for name, what in PROFILE_PHASES:
+        value = profile["phases_s"][name]
+        out(f"  {name:<15s}{'n/a' if value is None else f'{value:6.2f}':>7s}  {what}")
+    total = profile["command_to_first_step_s"]
+    out(f"  command -> first step: {'n/a (no heartbeat)' if total is None else f'{total:.2f}'}")
+    details = ", ".join(f"{k} {v:.2f}" for k, v in profile["details_s"].items())
+    if details:
+        out(f"  inside: {details}")
+
+
 def write_recipe_config(plan: LaunchPlan) -> None:
     if plan.recipe is not None:
         data = json.dumps(plan.recipe, indent=1) + "\n"
@@ -210,6 +322,10 @@ def summarize(console: Console, plan: LaunchPlan, result: Any, metrics: dict | N
 
 
 def launch_task(cfg: Any, console: Console) -> int:
+    from gosok.launcher.cli import process_start_unix
+
+    # Without /proc the profile's "cli" phase starts here, at the task.
+    marks: dict[str, float | None] = {"process_start": process_start_unix() or time.time()}
     cwd = Path.cwd()
     raise_if(validate_launch(cfg, cwd))
     run_dir = current_run_dir()
@@ -217,8 +333,10 @@ def launch_task(cfg: Any, console: Console) -> int:
     if cfg.dry_run:
         print_plan(cfg, plan, console)
         return 0
+    marks["connect_start"] = time.time()
     from gosok.launcher.cluster.connect import ray_cluster
     from gosok.launcher.launch.supervisor import RunSpec, Supervisor, outcome_dicts
+    from gosok.launcher.ledger.recorder import LaunchRecorder
 
     write_recipe_config(plan)
     spec = RunSpec(
@@ -230,18 +348,35 @@ def launch_task(cfg: Any, console: Console) -> int:
         tee_ranks=list(cfg.tee_ranks),
         expect_heartbeat=plan.recipe is not None,
         total_steps=plan.total_steps,
+        code=shipped_code(Path(plan.argv[3]), 3) if plan.recipe is None else {},
+        preload=warm_preload(cfg.job),
+        fresh_process=cfg.launch.fresh_process,
+        profile=cfg.launch.profile,
     )
     console.print(f"run {plan.run_id} in {run_dir}", highlight=False)
-    with ray_cluster(cfg.cluster) as connection:
+    say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
+    recorder = LaunchRecorder.for_launch(cfg, plan, say)
+    with recorder, ray_cluster(cfg.cluster) as connection:
+        marks["connected"] = time.time()
         console.print(f"ray: {connection.address}", highlight=False)
-        result = Supervisor(cfg.cluster, cfg.fault, spec, console).run()
+        if plan.recipe is not None or cfg.checkpoint.dir:
+            from gosok.launcher.errors import ConfigError
+            from gosok.launcher.launch.storage import shared_storage_problem
+
+            problem = shared_storage_problem(plan.checkpoint_dir)
+            if problem:
+                raise ConfigError([problem])
+        result = Supervisor(cfg.cluster, cfg.fault, spec, console, observer=recorder).run()
     metrics = None
-    result_file = run_dir / "result.json"
-    if plan.recipe is not None and result_file.exists():
-        metrics = json.loads(result_file.read_text())
+    if plan.recipe is not None and result.attempts:
+        # Rank 0's last heartbeat carries the recipe's result, wherever rank 0 ran.
+        metrics = (result.attempts[-1].rank0_beat or {}).get("result")
+        if metrics:
+            atomic_write_bytes(run_dir / "result.json", json.dumps(metrics, indent=1).encode())
+    recorder.finish(result.ok, result.message, metrics)
     doc = {
         "kind": "launch",
-        "config": OmegaConf.to_container(cfg, resolve=True),
+        "config": redacted_config(cfg),
         "run_id": plan.run_id,
         "job_id": plan.job_id,
         "ok": result.ok,
@@ -251,9 +386,14 @@ def launch_task(cfg: Any, console: Console) -> int:
         "blocklist": result.blocklist,
         "checkpoint_dir": str(plan.checkpoint_dir),
         "metrics": metrics,
+        "rank_start": result.attempts[-1].rank_start if result.attempts else {},
     }
+    if cfg.launch.profile and result.attempts:
+        doc["profile"] = launch_profile(marks, result.attempts[0])
     path = run_dir / "launch.json"
     write_results(path, doc)
     summarize(console, plan, result, metrics)
+    if "profile" in doc:
+        print_profile(console, doc["profile"])
     console.print(f"results: {path}", highlight=False)
     return 0 if result.ok else 1

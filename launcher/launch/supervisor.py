@@ -1,14 +1,17 @@
 """The restart loop of ``gosok launch``: place the ranks, start every rank's process, watch
 them, and on a failure tear the group down and start again from the latest checkpoint.
 
-One attempt = one ``WorkerGroup`` (placement group + one actor per rank, no process group
-in the actors) whose actors each start one child process (``script_runner``). The driver
-polls every actor every ``fault.poll_s``: exit codes, heartbeats (step, loss, tokens/s)
-and new output of the tee ranks. An attempt ends when
+One attempt = one ``LaunchRanks`` (``ranks/warm_pool.py``): a placement group and each
+rank's process forked from its node's warm server (or, with ``launch.fresh_process=true``
+or when the warm servers cannot serve the job, one actor per rank starting a fresh
+``script_runner``). The driver polls every ``fault.poll_s`` (warm: answered at once when a
+rank exits): exit codes, heartbeats (step, loss, tokens/s) and new output of the tee
+ranks. An attempt ends when
 
 - every rank exited 0 (success);
-- an actor is dead or unreachable (node or worker lost: infrastructure, retried; its node
-  goes on the blocklist when a spare node can take its place);
+- a rank's actor or node holder is dead or unreachable (node or worker lost:
+  infrastructure, retried; its node goes on the blocklist when a spare node can take its
+  place);
 - a rank was killed by a signal (infrastructure, retried);
 - a rank exited non-zero (retried, but the same failure ``same_failure_limit`` times in a
   row is taken as a config or code error and the job stops);
@@ -34,17 +37,12 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gosok.launcher.errors import GosokError
 from gosok.launcher.ranks.plan import backend_for
-from gosok.launcher.ranks.script_runner import (
-    dump_stack,
-    log_tail,
-    poll_rank,
-    spawn_rank,
-    stop_rank,
-)
-from gosok.launcher.ranks.workers import WorkerGroup, alive_nodes, slots_of
+from gosok.launcher.ranks.warm_pool import LaunchRanks, WarmNeeds
+from gosok.launcher.ranks.workers import alive_nodes, slots_of
 from gosok.launcher.results.store import atomic_write_bytes
 
 UNREACHABLE_S = 10.0
+DRAIN_POLLS = 20
 EXIT_GRACE_S = 4.0
 
 
@@ -60,6 +58,12 @@ class RunSpec:
     tee_ranks: list[int]
     expect_heartbeat: bool
     total_steps: int | None
+    preload: tuple[str, ...] = ("torch",)  # what the warm servers import for this job
+    fresh_process: bool = False  # launch.fresh_process
+    profile: bool = False  # launch.profile: ranks write start-up marks
+    # The script's directory, shipped to every node: {sha256, data, files}, the script's
+    # path inside it, and which argv item is the script.
+    code: dict[str, Any] = field(default_factory=dict)
 
 
 @dataclass
@@ -79,6 +83,9 @@ class AttemptOutcome:
     started_unix: float = 0.0
     first_beat_unix: float | None = None
     ended_unix: float = 0.0
+    rank_start: dict[str, Any] = field(default_factory=dict)  # warm or fresh, and why
+    rank0_beat: dict[str, Any] | None = None  # rank 0's last heartbeat (the recipe's result)
+    timings: dict[str, Any] = field(default_factory=dict)  # launch.profile
 
 
 @dataclass
@@ -96,7 +103,9 @@ def _signal_name(returncode: int) -> str:
 
 
 class Supervisor:
-    def __init__(self, cluster: Any, fault: Any, spec: RunSpec, console: Console) -> None:
+    def __init__(
+        self, cluster: Any, fault: Any, spec: RunSpec, console: Console, observer: Any = None
+    ) -> None:
         self.cluster = cluster
         self.fault = fault
         self.spec = spec
@@ -105,6 +114,8 @@ class Supervisor:
         self.attempts: list[AttemptOutcome] = []
         self.progress: Progress | None = None
         self.task: Any = None
+        # Told of each attempt's start, polls and end (e.g. ``ledger.recorder.LaunchRecorder``).
+        self.observer = observer
 
     # ---- the loop ---------------------------------------------------------------------
 
@@ -130,6 +141,7 @@ class Supervisor:
             attempt = 0
             while True:
                 outcome = self._attempt(attempt)
+                self._notify("on_attempt_end", outcome)
                 self.attempts.append(outcome)
                 if outcome.ok:
                     return SupervisorResult(True, self.attempts, self.blocklist)
@@ -160,6 +172,12 @@ class Supervisor:
                     f"checkpoint; blocklist: {[n[:8] for n in self.blocklist] or 'empty'}"
                 )
 
+    def _notify(self, event: str, *args: Any) -> None:
+        """Call the observer; what it does never fails the job."""
+        if self.observer is not None:
+            with contextlib.suppress(Exception):
+                getattr(self.observer, event)(*args)
+
     def _say(self, text: str) -> None:
         assert self.progress is not None
         self.progress.console.print(text, highlight=False)
@@ -187,14 +205,16 @@ class Supervisor:
 
     def _attempt(self, attempt: int) -> AttemptOutcome:
         started = time.time()
+        self._notify("on_attempt_start", attempt, started)
         env = {**self.spec.env, "GOSOK_RESTART_COUNT": str(attempt)}
-        group = WorkerGroup(
+        group = LaunchRanks(
             self.cluster,
+            env,
+            WarmNeeds.for_job(self.spec.argv, self.spec.env, self.spec.preload),
+            job_env=self.spec.env,
+            fresh_process=self.spec.fresh_process,
             timeout_s=self.fault.placement_timeout_s,
-            extra_env=env,
             exclude_node_ids=tuple(self.blocklist),
-            init_process_group=False,
-            shutdown_timeout_s=3.0,
         )
         assert self.progress is not None
         self.progress.update(self.task, status=f"placing ranks (attempt {attempt})")
@@ -211,10 +231,35 @@ class Supervisor:
             return self._watch(attempt, group, started)
         finally:
             self.progress.update(self.task, status="tearing down")
-            stops = [a.call.remote(stop_rank) for a in group.actors]
-            with contextlib.suppress(Exception):
-                ray.wait(stops, num_returns=len(stops), timeout=6)
+            self._drain(group, self.spec.log_root / f"attempt-{attempt}")
             group.shutdown()
+
+    def _drain(self, group: LaunchRanks, log_dir: Path) -> None:
+        """Bring back what the ranks printed since the last poll (their logs live on their
+        own nodes) before the group is torn down."""
+        for _ in range(DRAIN_POLLS):
+            try:
+                answers, _ = group.poll(0.0, UNREACHABLE_S)
+            except Exception:  # noqa: BLE001  (nodes gone: what arrived is what there is)
+                return
+            if not self._record_output(answers, log_dir):
+                return
+
+    def _record_output(self, answers: dict[int, dict], log_dir: Path) -> bool:
+        """Append each rank's new output to ``<log_dir>/rank-<r>.log`` on this machine, and
+        show the tee ranks' on the terminal. True when anything arrived."""
+        arrived = False
+        for rank in sorted(answers):
+            text = answers[rank].get("output") or ""
+            if not text:
+                continue
+            arrived = True
+            log_dir.mkdir(parents=True, exist_ok=True)
+            with open(log_dir / f"rank-{rank}.log", "a", encoding="utf-8") as handle:
+                handle.write(text)
+            if rank in self.spec.tee_ranks:
+                self._tee(rank, text)
+        return arrived
 
     def _wait_for_nodes(self) -> None:
         """Give nodes that are still joining (or restarting) time before placing."""
@@ -230,7 +275,7 @@ class Supervisor:
                 return
             time.sleep(1.0)
 
-    def _watch(self, attempt: int, group: WorkerGroup, started: float) -> AttemptOutcome:
+    def _watch(self, attempt: int, group: LaunchRanks, started: float) -> AttemptOutcome:
         spec = self.spec
         log_dir = spec.log_root / f"attempt-{attempt}"
         spawn = {
@@ -240,25 +285,30 @@ class Supervisor:
             "cwd": spec.cwd,
             "log_dir": str(log_dir),
             "tee_ranks": spec.tee_ranks,
+            "profile": spec.profile,
+            **spec.code,
         }
-        placement = ray.get([a.call.remote(spawn_rank, spawn) for a in group.actors], timeout=60)
+        placement = group.spawn(spawn)
         node_of = {p["rank"]: p["node_id"] for p in placement}
         record = {"attempt": attempt, "placement": placement, "log_dir": str(log_dir)}
         atomic_write_bytes(log_dir / "placement.json", json.dumps(record, indent=1).encode())
         outcome = AttemptOutcome(
             attempt, False, "", False, placement=placement, started_unix=started
         )
-        world = len(group.actors)
+        self._say_rank_start(group, outcome)
+        world = group.world
         steps: dict[int, int] = {}
         changed: dict[int, float] = {}
         spawned = time.monotonic()
         self.progress.update(self.task, status=f"running (attempt {attempt}, restarts {attempt})")
         while True:
-            time.sleep(self.fault.poll_s)
-            answers, lost = self._poll(group)
+            answers, lost = group.poll(self.fault.poll_s, UNREACHABLE_S)
             now = time.monotonic()
-            for rank in sorted(answers):
-                self._tee(rank, answers[rank]["output"])
+            if spec.profile and "marks" in answers.get(0, {}):
+                outcome.timings["rank0"] = {k: answers[0][k] for k in ("marks", "spawn_unix")}
+            self._record_output(answers, log_dir)
+            if answers.get(0, {}).get("beat"):
+                outcome.rank0_beat = answers[0]["beat"]
             for rank, answer in answers.items():
                 beat = answer["beat"]
                 if beat is None:
@@ -269,6 +319,7 @@ class Supervisor:
                     steps[rank] = beat["step"]
                     changed[rank] = now
             self._show(steps, answers, attempt)
+            self._notify("on_poll", attempt, group, answers)
             outcome.last_step = min(steps.values()) if steps else None
             if lost:
                 return self._lost(outcome, lost, node_of)
@@ -293,19 +344,16 @@ class Supervisor:
                 outcome.ended_unix = time.time()
                 return outcome
 
-    def _poll(self, group: WorkerGroup) -> tuple[dict[int, dict], dict[int, str]]:
-        refs = {a.call.remote(poll_rank): rank for rank, a in enumerate(group.actors)}
-        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=UNREACHABLE_S)
-        answers: dict[int, dict] = {}
-        lost: dict[int, str] = {}
-        for ref in ready:
-            try:
-                answers[refs[ref]] = ray.get(ref)
-            except ray.exceptions.RayError as err:
-                lost[refs[ref]] = f"{type(err).__name__}"
-        for ref in pending:
-            lost[refs[ref]] = f"no answer in {UNREACHABLE_S:.0f}s"
-        return answers, lost
+    def _poll(self, group: LaunchRanks) -> tuple[dict[int, dict], dict[int, str]]:
+        return group.poll(0.0, UNREACHABLE_S)
+
+    def _say_rank_start(self, group: LaunchRanks, outcome: AttemptOutcome) -> None:
+        """One line on how the ranks were started: on the first attempt, then on change."""
+        outcome.rank_start = group.start_record()
+        outcome.timings.update(group.timings)
+        if not self.attempts or self.attempts[-1].rank_start != outcome.rank_start:
+            assert self.progress is not None
+            self.progress.console.print(group.start_line(), markup=False, highlight=False)
 
     def _tee(self, rank: int, text: str) -> None:
         if not text:
@@ -368,7 +416,7 @@ class Supervisor:
             return outcome
         tail = ""
         with contextlib.suppress(Exception):
-            tail = ray.get(group.actors[rank].call.remote(log_tail), timeout=5)
+            tail = group.log_tail(rank)
         last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
         outcome.kind, outcome.infra = "exit", False
         outcome.signature = f"exit {code}: {last}"
@@ -376,11 +424,11 @@ class Supervisor:
         return outcome
 
     def _hang(self, outcome, group, steps, changed, first_change, node_of) -> AttemptOutcome:
-        world = len(group.actors)
+        world = group.world
         stuck = min(range(world), key=lambda r: (steps.get(r, -1), changed.get(r, first_change)))
         stack = ""
         with contextlib.suppress(Exception):
-            stack = ray.get(group.actors[stuck].call.remote(dump_stack), timeout=10)
+            stack = group.dump_stack(stuck)
         stack_file = (
             self.spec.log_root / f"attempt-{outcome.attempt}" / f"hang-rank-{stuck}.stack.txt"
         )

@@ -12,8 +12,10 @@ Use::
 
 Modules: ``db`` (the SQLite store), ``goodput`` (pure breakdown of wall time, ETTR),
 ``sampler`` (utilisation sampling, idle spans), ``watch`` (node-local sampling loop),
-``report`` (md/html/csv), ``command`` (``gosok ledger report|watch``). The package uses
-only the standard library, psutil, matplotlib, rich and, when present, nvidia-ml-py.
+``report`` (md/html/csv), ``command`` (``gosok ledger report|watch``), ``recorder``
+(what ``gosok launch`` and ``gosok bench`` record). The package uses only the standard
+library, psutil, matplotlib, rich and, when present, nvidia-ml-py; the recorder also uses
+Ray, imported when it drains the nodes' samplers.
 """
 
 from .db import Ledger, default_ledger_path, resolve_ledger_path

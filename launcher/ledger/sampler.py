@@ -11,11 +11,18 @@ Use::
     rows += sampler.stop()          # the rest; drain() + stop() return each sample once
     spans = idle_spans(rows, idle_below_pct=5.0, idle_for_s=60.0)
 
+    tracker = IdleTracker(idle_below_pct=5.0, idle_for_s=60.0)   # rows arriving in batches
+    ended = tracker.feed(batch)     # spans that ended; a span still going waits for more
+    rest = tracker.feed([], final=True)
+
 On a GPU node (NVML found through ``pynvml`` from the ``nvidia-ml-py`` package, imported
 only when sampling starts) each tick gives one row per GPU (``device="gpu0"`` ...:
 utilisation %, memory used, power W, SM clock MHz) and one ``device="cpu"`` row (CPU %,
-host memory used, from psutil). Elsewhere only the ``cpu`` row. Rows are dicts with the
-columns of the ledger's ``samples`` table. A metric a GPU does not report is ``None``.
+host memory used, from psutil). Elsewhere only the ``cpu`` row. Given ``pids`` (a launch's
+ranks on this node), the ``cpu`` row is those processes' and their descendants' share of
+the machine's CPU and their resident memory instead, so a job is measured apart from
+whatever else runs on the host (the local cluster's nodes share one). Rows are dicts with
+the columns of the ledger's ``samples`` table. A metric a GPU does not report is ``None``.
 """
 
 from __future__ import annotations
@@ -81,12 +88,49 @@ class _Nvml:
         self._read(self.nvml.nvmlShutdown)
 
 
+class _Processes:
+    """CPU share (% of all cores) and resident memory of some processes and their
+    descendants; a process that is gone counts for nothing."""
+
+    def __init__(self, pids: Iterable[int]) -> None:
+        self.roots: list[psutil.Process] = []
+        for pid in pids:
+            try:
+                self.roots.append(psutil.Process(int(pid)))
+            except psutil.Error:
+                continue
+        # cpu_percent() measures since its previous call on the same Process object.
+        self.known: dict[int, psutil.Process] = {}
+        self.cores = psutil.cpu_count() or 1
+        self.read()
+
+    def read(self) -> tuple[float, int]:
+        found: dict[int, psutil.Process] = {}
+        for root in self.roots:
+            try:
+                tree = [root, *root.children(recursive=True)]
+            except psutil.Error:
+                continue
+            for proc in tree:
+                found.setdefault(proc.pid, self.known.get(proc.pid, proc))
+        busy, rss = 0.0, 0
+        for pid, proc in list(found.items()):
+            try:
+                busy += proc.cpu_percent(interval=None)
+                rss += proc.memory_info().rss
+            except psutil.Error:
+                del found[pid]
+        self.known = found
+        return busy / self.cores, rss
+
+
 class UtilSampler:
     """Samples this machine every ``interval_s`` seconds on a daemon thread.
 
     ``use_nvml=False`` skips GPUs; ``None`` uses NVML when it loads. At most
     ``max_pending`` rows wait for ``drain()``; older ones are dropped and counted in
-    ``dropped``.
+    ``dropped``. ``pids``: measure the CPU and memory of these processes (and their
+    children) rather than of the whole host.
     """
 
     def __init__(
@@ -99,6 +143,7 @@ class UtilSampler:
         use_nvml: bool | None = None,
         max_pending: int = 200_000,
         clock: Callable[[], float] = time.time,
+        pids: Iterable[int] | None = None,
     ) -> None:
         if not interval_s > 0:
             raise ValueError(f"interval_s {interval_s!r}: must be a number > 0")
@@ -114,6 +159,8 @@ class UtilSampler:
         self._stop = threading.Event()
         self._thread: threading.Thread | None = None
         self._nvml: _Nvml | None = None
+        self.pids = None if pids is None else [int(p) for p in pids]
+        self._processes: _Processes | None = None
 
     @property
     def gpus(self) -> int:
@@ -125,6 +172,8 @@ class UtilSampler:
         if self.use_nvml is not False:
             self._nvml = _Nvml.open()
         psutil.cpu_percent(interval=None)
+        if self.pids is not None:
+            self._processes = _Processes(self.pids)
         self._stop.clear()
         self._thread = threading.Thread(target=self._run, name="gosok-util-sampler", daemon=True)
         self._thread.start()
@@ -133,15 +182,20 @@ class UtilSampler:
     def sample_once(self) -> list[dict[str, Any]]:
         """One tick's rows (also what the thread records)."""
         unix = self._clock()
-        memory = psutil.virtual_memory()
+        if self._processes is not None:
+            cpu_pct, mem_used = self._processes.read()
+        else:
+            memory = psutil.virtual_memory()
+            cpu_pct = psutil.cpu_percent(interval=None)
+            mem_used = memory.total - memory.available
         rows = [
             {
                 "device": "cpu",
                 "gpu_util_pct": None,
-                "mem_used_bytes": int(memory.total - memory.available),
+                "mem_used_bytes": int(mem_used),
                 "power_w": None,
                 "sm_clock_mhz": None,
-                "cpu_pct": float(psutil.cpu_percent(interval=None)),
+                "cpu_pct": float(cpu_pct),
             }
         ]
         if self._nvml is not None:
@@ -269,3 +323,24 @@ def trailing_idle(
         if runs and runs[-1][-1] is rows[-1]:
             kept += runs[-1]
     return kept
+
+
+class IdleTracker:
+    """Idle spans over samples that arrive in batches (a watcher's flushes, a launch's
+    drains): each span is returned once, when a busy sample ends it or at ``final``."""
+
+    def __init__(self, idle_below_pct: float, idle_for_s: float) -> None:
+        self.idle_below_pct = idle_below_pct
+        self.idle_for_s = idle_for_s
+        self._carry: list[Mapping[str, Any]] = []
+
+    def feed(self, rows: Iterable[Mapping[str, Any]], final: bool = False) -> list[dict[str, Any]]:
+        """The spans that ended within ``rows`` (every span found when ``final``)."""
+        window = self._carry + list(rows)
+        spans = [
+            span
+            for span in idle_spans(window, self.idle_below_pct, self.idle_for_s)
+            if final or not span["open"]
+        ]
+        self._carry = [] if final else list(trailing_idle(window, self.idle_below_pct))
+        return spans

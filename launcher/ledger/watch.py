@@ -22,7 +22,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .sampler import UtilSampler, idle_spans, trailing_idle
+from .sampler import IdleTracker, UtilSampler
 
 
 def watch(
@@ -50,24 +50,20 @@ def watch(
         "idle_spans": 0,
         "interrupted": False,
     }
-    carry: list[dict[str, Any]] = []
+    tracker = IdleTracker(idle_below, idle_for_s)
 
     def flush(rows: list[dict[str, Any]], final: bool) -> None:
-        nonlocal carry
         summary["samples"] += ledger.add_samples(rows)
-        window = carry + rows
-        for span in idle_spans(window, idle_below, idle_for_s):
-            if final or not span["open"]:
-                ledger.add_idle_span(
-                    span["cluster"],
-                    span["node"],
-                    span["start_unix"],
-                    span["end_unix"],
-                    span["mean_util_pct"],
-                    device=span["device"],
-                )
-                summary["idle_spans"] += 1
-        carry = [] if final else list(trailing_idle(window, idle_below))
+        for span in tracker.feed(rows, final):
+            ledger.add_idle_span(
+                span["cluster"],
+                span["node"],
+                span["start_unix"],
+                span["end_unix"],
+                span["mean_util_pct"],
+                device=span["device"],
+            )
+            summary["idle_spans"] += 1
         if on_flush is not None:
             on_flush(dict(summary))
 

@@ -14,6 +14,8 @@ import subprocess
 import sys
 from typing import Any
 
+from gosok.launcher.config.secrets import current
+
 
 def _cpu_model() -> str:
     try:
@@ -26,17 +28,25 @@ def _cpu_model() -> str:
     return platform.processor()
 
 
-def _nvidia_driver() -> str | None:
+def _nvidia_smi(fields: str) -> list[list[str]]:
+    """Rows of ``nvidia-smi --query-gpu=<fields>`` (empty without a working nvidia-smi)."""
     try:
         out = subprocess.run(
-            ["nvidia-smi", "--query-gpu=driver_version", "--format=csv,noheader"],
+            ["nvidia-smi", f"--query-gpu={fields}", "--format=csv,noheader"],
             capture_output=True,
             text=True,
             timeout=20,
         )
-        return out.stdout.strip().splitlines()[0] if out.returncode == 0 else None
-    except (OSError, subprocess.TimeoutExpired, IndexError):
-        return None
+    except (OSError, subprocess.TimeoutExpired):
+        return []
+    if out.returncode != 0:
+        return []
+    return [[c.strip() for c in line.split(",")] for line in out.stdout.strip().splitlines()]
+
+
+def _nvidia_driver() -> str | None:
+    rows = _nvidia_smi("driver_version")
+    return rows[0][0] if rows and rows[0] else None
 
 
 def software_versions() -> dict[str, Any]:
@@ -80,6 +90,10 @@ def node_fingerprint(ctx: Any = None) -> dict[str, Any]:
     if torch.cuda.is_available():
         info["gpus"] = [torch.cuda.get_device_name(i) for i in range(torch.cuda.device_count())]
         info["driver"] = _nvidia_driver()
+        # Identities an auditor can match across runs: a re-used or partial run shows.
+        rows = [r for r in _nvidia_smi("uuid,serial") if len(r) == 2]
+        info["gpu_uuids"] = [r[0] for r in rows]
+        info["gpu_serials"] = [r[1] for r in rows]
     return info
 
 
@@ -88,7 +102,7 @@ def driver_fingerprint() -> dict[str, Any]:
         "hostname": socket.gethostname(),
         "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "argv": sys.argv,
+        "argv": [current().text(a) for a in sys.argv],
         **software_versions(),
     }
 

@@ -1,14 +1,23 @@
 """Rank side of ``gosok launch``: the process that runs one rank's script, and the
-functions a rank actor uses to start, watch, signal and stop it.
+functions that start, watch, signal and stop it from the rank's node.
 
-The child is ``python -m gosok.launcher.ranks.script_runner <script.py | --module name> args``:
-it asks the kernel to kill it when its actor dies (no orphans when a node or actor goes),
-arranges a Python stack dump on SIGUSR1 (hang diagnosis), then runs the script as
+A fresh rank is ``python -m gosok.launcher.ranks.script_runner <script.py | --module name>
+args``: it asks the kernel to kill it when its actor dies (no orphans when a node or actor
+goes), arranges a Python stack dump on SIGUSR1 (hang diagnosis), then runs the script as
 ``__main__`` with ``sys.argv = [script, *args]``, so a torchrun-style script runs
-unchanged. No shell is involved anywhere: argv is a list from config to ``execve``.
+unchanged. A warm rank runs the same ``[script, args...]`` forked from the node's warm
+server (``warm.py``), which gives it the same argv, env, cwd, ``__main__``, signals, stack
+dumps and exit codes. No shell is involved anywhere: argv is a list from config to
+``execve``.
 
-The actor-side functions (``spawn_rank``, ``poll_rank``, ``dump_stack``, ``stop_rank``)
-run through ``RankActor.call`` and keep the child in ``ctx.state``.
+The node-side functions (``spawn_rank``, ``poll_rank``, ``log_tail``, ``dump_stack``,
+``stop_rank``) take a context with ``rank``, ``node_id`` and a ``state`` dict: a
+``RankActor``'s (fresh ranks, through ``RankActor.call``) or the warm holder's per-rank
+slot (``warm_pool.py``); the child (a ``Popen`` or a ``WarmChild``) is kept in
+``ctx.state["child"]``.
+
+With ``GOSOK_PROFILE_FILE`` set (``launch.profile=true``) the rank appends start-up marks
+there: ``start``, ``ready`` (torch imported), ``pg_init_start`` / ``pg_init_end``.
 """
 
 from __future__ import annotations
@@ -16,13 +25,16 @@ from __future__ import annotations
 import contextlib
 import ctypes
 import faulthandler
+import hashlib
 import os
 import runpy
 import signal
 import subprocess
 import sys
+import tempfile
 import threading
 import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +42,8 @@ from gosok.launcher.ranks.heartbeat import read_beat
 
 PR_SET_PDEATHSIG = 1
 TEE_CHUNK_BYTES = 64 * 1024
+RUNNER_MODULE = "gosok.launcher.ranks.script_runner"
+PROFILE_ENV = "GOSOK_PROFILE_FILE"
 
 
 def _die_with_parent() -> None:
@@ -47,13 +61,27 @@ def _arm_stack_dump() -> None:
         faulthandler.register(signal.SIGUSR1, file=handle, all_threads=True)
 
 
+def _arm_profile() -> None:
+    """Profile marks of a fresh rank: torch.distributed is imported here (so its
+    ``init_process_group`` can be timed), which moves that import before the script."""
+    path = os.environ.get(PROFILE_ENV)
+    if not path:
+        return
+    from gosok.launcher.ranks import warm
+
+    warm.mark(path, "start", warm=False)
+    with contextlib.suppress(ImportError):
+        import torch.distributed  # noqa: F401
+
+    warm.arm_profile(path, warm=False)
+
+
 def main(argv: list[str]) -> None:
     _die_with_parent()
     _arm_stack_dump()
+    _arm_profile()
     if not argv:
-        sys.exit(
-            "usage: python -m gosok.launcher.ranks.script_runner <script.py | --module mod> args"
-        )
+        sys.exit(f"usage: python -m {RUNNER_MODULE} <script.py | --module mod> args")
     if argv[0] == "--module":
         module, args = argv[1], argv[2:]
         sys.argv = [module, *args]
@@ -65,26 +93,69 @@ def main(argv: list[str]) -> None:
     runpy.run_path(script, run_name="__main__")
 
 
-# ---- actor side -------------------------------------------------------------------------
+# ---- node side --------------------------------------------------------------------------
+
+
+def script_argv(argv: list[str]) -> list[str] | None:
+    """``[script, args...]`` (or ``["--module", name, ...]``) of a fresh rank's argv
+    ``[python, -m, script_runner, ...]``; None when argv is not of that form."""
+    if len(argv) > 3 and argv[1:3] == ["-m", RUNNER_MODULE]:
+        return list(argv[3:])
+    return None
+
+
+def node_dir(log_dir: str) -> Path:
+    """This node's own directory for a rank group's files: nothing written by a rank is
+    assumed visible to the driver; its output travels back with every poll."""
+    key = hashlib.sha256(str(log_dir).encode()).hexdigest()[:16]
+    path = Path(tempfile.gettempdir()) / f"gosok-ranks-{os.getuid()}" / key
+    path.mkdir(parents=True, exist_ok=True, mode=0o700)
+    return path
+
+
+def shipped(spec: dict[str, Any]) -> tuple[list[str], str]:
+    """argv and cwd with the job's shipped code unpacked on this node (once per node)."""
+    argv, cwd = list(spec["argv"]), spec["cwd"]
+    bundle = spec.get("bundle")
+    if not bundle:
+        return argv, cwd
+    from gosok.launcher.ranks.shipping import Bundle, cache_root, unpack
+
+    root = unpack(Bundle(**bundle), cache_root())
+    index = spec["bundle_argv_index"]
+    argv[index] = str(root / spec["bundle_script"])
+    if not Path(cwd).is_dir():
+        cwd = str(root)
+    return argv, cwd
 
 
 def rank_files(log_dir: str, rank: int) -> dict[str, str]:
-    base = Path(log_dir) / f"rank-{rank}"
+    base = node_dir(log_dir) / f"rank-{rank}"
     return {
         "log": f"{base}.log",
         "beat": f"{base}.beat",
         "stack": f"{base}.stack.txt",
+        "marks": f"{base}.profile.jsonl",
     }
 
 
-def spawn_rank(ctx: Any, spec: dict[str, Any]) -> dict[str, Any]:
-    """Start this rank's child. spec: argv, env (job-wide), rank_env (per rank), cwd,
-    log_dir, tee_ranks."""
+def spawn_rank(
+    ctx: Any,
+    spec: dict[str, Any],
+    server: Any = None,
+    base_env: dict[str, str] | None = None,
+    on_exit: Callable[[], None] | None = None,
+) -> dict[str, Any]:
+    """Start this rank's child: a fresh ``Popen`` of ``spec["argv"]``, or, with ``server``
+    (a ``warm.ServerHandle``), a fork of it running the same script. spec: argv, env
+    (job-wide), rank_env (per rank), cwd, log_dir, tee_ranks, profile. ``base_env``
+    (default: this process's) is what the job's env is laid over; ``on_exit`` is called
+    from a thread when the child has ended."""
     files = rank_files(spec["log_dir"], ctx.rank)
-    Path(spec["log_dir"]).mkdir(parents=True, exist_ok=True)
-    for key in ("beat", "stack"):
+    argv, cwd = shipped(spec)
+    for key in ("log", "beat", "stack", "marks"):
         Path(files[key]).unlink(missing_ok=True)
-    env = dict(os.environ)
+    env = dict(os.environ if base_env is None else base_env)
     env.update(spec["env"])
     env.update(spec.get("rank_env", {}).get(str(ctx.rank), {}))
     env.update(
@@ -93,34 +164,72 @@ def spawn_rank(ctx: Any, spec: dict[str, Any]) -> dict[str, Any]:
         GOSOK_RANK_LOG=files["log"],
         PYTHONUNBUFFERED="1",
     )
+    if spec.get("profile"):
+        env[PROFILE_ENV] = files["marks"]
     env.setdefault("OMP_NUM_THREADS", "1")
-    log = open(files["log"], "ab")  # noqa: SIM115
-    proc = subprocess.Popen(
-        spec["argv"],
-        env=env,
-        cwd=spec["cwd"],
-        stdin=subprocess.DEVNULL,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-        process_group=0,
-    )
-    log.close()
+    spawned = time.time()
+    if server is None:
+        log = open(files["log"], "ab")  # noqa: SIM115
+        proc: Any = subprocess.Popen(
+            argv,
+            env=env,
+            cwd=cwd,
+            stdin=subprocess.DEVNULL,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            process_group=0,
+        )
+        log.close()
+    else:
+        script = script_argv(argv)
+        if script is None:
+            raise ValueError(f"not a script_runner argv: {argv!r}")
+        proc = server.spawn(script, env, cwd, files["log"], stack_file=files["stack"])
     state: dict[str, Any] = {
         "proc": proc,
         "files": files,
         "tee": ctx.rank in spec.get("tee_ranks", []),
+        "profile": bool(spec.get("profile")),
         "offset": 0,
-        "spawn_unix": time.time(),
+        "spawn_unix": spawned,
         "exit_unix": None,
     }
 
     def wait_exit() -> None:
-        proc.wait()
+        with contextlib.suppress(Exception):
+            proc.wait()
         state["exit_unix"] = time.time()
+        if on_exit is not None:
+            on_exit()
 
-    threading.Thread(target=wait_exit, daemon=True).start()
+    threading.Thread(target=wait_exit, name=f"rank-{ctx.rank}-exit", daemon=True).start()
     ctx.state["child"] = state
-    return {"rank": ctx.rank, "pid": proc.pid, "node_id": ctx.node_id, "actor_pid": os.getpid()}
+    return {
+        "rank": ctx.rank,
+        "pid": proc.pid,
+        "node_id": ctx.node_id,
+        "actor_pid": os.getpid(),
+        "start": "fresh" if server is None else "warm",
+    }
+
+
+def _returncode(proc: Any) -> int | None:
+    """The child's exit code (None while it runs). A warm child whose server is gone was
+    killed with it (PR_SET_PDEATHSIG): -SIGKILL."""
+    try:
+        return proc.poll()
+    except Exception:  # noqa: BLE001  (warm server unreachable)
+        return -signal.SIGKILL
+
+
+def _signal(proc: Any, sig: int, group: bool) -> None:
+    """Signal the child (its process group with ``group``) if it has not been reaped."""
+    with contextlib.suppress(Exception):
+        if isinstance(proc, subprocess.Popen):
+            if proc.poll() is None:
+                (os.killpg if group else os.kill)(proc.pid, sig)
+        else:
+            proc.send_signal(sig, group=group)
 
 
 def _read_new_output(state: dict[str, Any]) -> str:
@@ -130,24 +239,42 @@ def _read_new_output(state: dict[str, Any]) -> str:
             chunk = handle.read(TEE_CHUNK_BYTES)
     except OSError:
         return ""
-    cut = chunk.rfind(b"\n") + 1 if state["proc"].poll() is None else len(chunk)
+    cut = chunk.rfind(b"\n") + 1 if _returncode(state["proc"]) is None else len(chunk)
     state["offset"] += cut
     return chunk[:cut].decode(errors="replace")
+
+
+def read_marks(path: str) -> list[dict[str, Any]]:
+    import json
+
+    try:
+        lines = Path(path).read_text().splitlines()
+    except OSError:
+        return []
+    marks = []
+    for line in lines:
+        with contextlib.suppress(ValueError):
+            marks.append(json.loads(line))
+    return marks
 
 
 def poll_rank(ctx: Any) -> dict[str, Any]:
     state = ctx.state["child"]
     proc = state["proc"]
-    returncode = proc.poll()
-    return {
+    returncode = _returncode(proc)
+    answer = {
         "rank": ctx.rank,
         "node_id": ctx.node_id,
         "pid": proc.pid,
         "returncode": returncode,
-        "exit_unix": state["exit_unix"] if returncode is not None else None,
+        "exit_unix": (state["exit_unix"] or time.time()) if returncode is not None else None,
         "beat": read_beat(state["files"]["beat"]),
-        "output": _read_new_output(state) if state["tee"] else "",
+        "output": _read_new_output(state),
     }
+    if state.get("profile"):
+        answer["marks"] = read_marks(state["files"]["marks"])
+        answer["spawn_unix"] = state["spawn_unix"]
+    return answer
 
 
 def log_tail(ctx: Any, lines: int = 20) -> str:
@@ -164,10 +291,9 @@ def log_tail(ctx: Any, lines: int = 20) -> str:
 def dump_stack(ctx: Any, wait_s: float = 1.0) -> str:
     """Ask the child for a stack dump of all its threads (SIGUSR1) and return it."""
     state = ctx.state.get("child")
-    if not state or state["proc"].poll() is not None:
+    if not state or _returncode(state["proc"]) is not None:
         return ""
-    with contextlib.suppress(ProcessLookupError):
-        os.kill(state["proc"].pid, signal.SIGUSR1)
+    _signal(state["proc"], signal.SIGUSR1, group=False)
     path = Path(state["files"]["stack"])
     deadline = time.monotonic() + wait_s
     text = ""
@@ -187,16 +313,17 @@ def stop_rank(ctx: Any, grace_s: float = 2.0) -> int | None:
     if not state:
         return None
     proc = state["proc"]
-    if proc.poll() is None:
-        with contextlib.suppress(ProcessLookupError, PermissionError):
-            os.killpg(proc.pid, signal.SIGTERM)
+    if _returncode(proc) is None:
+        _signal(proc, signal.SIGTERM, group=True)
         try:
             proc.wait(grace_s)
         except subprocess.TimeoutExpired:
-            with contextlib.suppress(ProcessLookupError, PermissionError):
-                os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(5)
-    return proc.returncode
+            _signal(proc, signal.SIGKILL, group=True)
+            with contextlib.suppress(Exception):
+                proc.wait(5)
+        except Exception:  # noqa: BLE001  (warm server gone: the child went with it)
+            pass
+    return _returncode(proc)
 
 
 if __name__ == "__main__":

@@ -31,7 +31,11 @@ the OS, torch's intra-op thread count set from OMP_NUM_THREADS/MKL_NUM_THREADS w
 status is a fresh interpreter's: 0; the SystemExit code (None -> 0, other non-int ->
 printed, 1); 1 after ``sys.excepthook`` for an uncaught exception; death by SIGINT after an
 uncaught KeyboardInterrupt; 2 for a missing script. Non-daemon threads are joined and
-atexit handlers run before ``os._exit``; a child never returns into the server loop.
+atexit handlers run before ``os._exit``; a child never returns into the server loop. A
+``--module`` that was preloaded is dropped from ``sys.modules`` before it runs as
+``__main__`` (its imports stay loaded), as ``python -m`` finds it. With GOSOK_PROFILE_FILE
+in the child env, start-up marks (``start``, ``ready``, ``init_process_group`` start and
+end) are appended there as JSON lines (``mark``, ``arm_profile``).
 
 Decisions:
 
@@ -118,9 +122,11 @@ __all__ = [
     "WarmChild",
     "WarmServer",
     "WarmServerError",
+    "arm_profile",
     "connect",
     "default_socket_path",
     "env_fingerprint",
+    "mark",
     "start_server",
 ]
 
@@ -152,6 +158,7 @@ STARTUP_ENV_KEYS = (
     "LD_LIBRARY_PATH",
 )
 THREAD_ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
+PROFILE_ENV = "GOSOK_PROFILE_FILE"  # set: the child appends start-up marks there
 
 
 class WarmServerError(RuntimeError):
@@ -194,6 +201,38 @@ def _module_identity(top: str, search: list[str]) -> list[Any]:
     dist = next(iter(importlib.metadata.distributions(name=top, path=search)), None)
     ident.append(dist.version if dist is not None else None)
     return ident
+
+
+def mark(path: str, event: str, **fields: Any) -> None:
+    """Append ``{"event", "unix", ...}`` as one JSON line to ``path`` (profile marks of a
+    rank's start-up; a failing write is ignored: marks never fail a rank)."""
+    line = json.dumps({"event": event, "unix": time.time(), **fields}) + "\n"
+    with contextlib.suppress(OSError):
+        with open(path, "a") as handle:
+            handle.write(line)
+
+
+def arm_profile(path: str, warm: bool) -> None:
+    """Mark ``ready`` (user code can start) now and, when ``torch.distributed`` is loaded,
+    wrap its ``init_process_group`` so its start and end are marked too. Only used when a
+    launch asks for a profile (``GOSOK_PROFILE_FILE`` set)."""
+    mark(path, "ready", warm=warm, torch_loaded="torch" in sys.modules)
+    dist = sys.modules.get("torch.distributed")
+    original = getattr(dist, "init_process_group", None)
+    if original is None or getattr(original, "_gosok_marked", False):
+        return
+
+    def init_process_group(*args: Any, **kwargs: Any) -> Any:
+        mark(path, "pg_init_start")
+        try:
+            return original(*args, **kwargs)
+        finally:
+            mark(path, "pg_init_end")
+
+    init_process_group.__wrapped__ = original  # type: ignore[attr-defined]
+    init_process_group.__doc__ = original.__doc__
+    init_process_group._gosok_marked = True  # type: ignore[attr-defined]
+    dist.init_process_group = init_process_group
 
 
 def default_socket_path(name: str = "warm") -> str:
@@ -1132,6 +1171,9 @@ def _child_runtime(env: Mapping[str, str], stack_file: str | None) -> None:
     if numpy_random is not None:
         with contextlib.suppress(Exception):
             numpy_random.seed()
+    if env.get(PROFILE_ENV):
+        mark(env[PROFILE_ENV], "start", warm=True)
+        arm_profile(env[PROFILE_ENV], warm=True)
 
 
 def _run_main(argv: list[str], stack_file: str | None) -> int:
@@ -1146,6 +1188,9 @@ def _run_main(argv: list[str], stack_file: str | None) -> int:
             module = argv[1]
             sys.argv = [module, *argv[2:]]
             sys.path[0] = os.getcwd()
+            # A preloaded copy (its imports are what the preload was for) must not be in
+            # sys.modules when it runs as __main__: a fresh `python -m` has none.
+            sys.modules.pop(module, None)
             try:
                 found = importlib.util.find_spec(module) is not None
             except ImportError:

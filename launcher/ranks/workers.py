@@ -19,6 +19,7 @@ import contextlib
 import datetime
 import os
 import socket
+import sys
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -80,6 +81,7 @@ class RankActor:
 
     def __init__(self) -> None:
         self.ctx: RankContext | None = None
+        self.sampler: Any = None
 
     def describe(self) -> dict[str, Any]:
         context = ray.get_runtime_context()
@@ -137,10 +139,33 @@ class RankActor:
         assert self.ctx is not None, "setup() must run before call()"
         return fn(self.ctx, *args, **kwargs)
 
-    def shutdown(self) -> None:
-        import torch.distributed as dist
+    def start_sampler(
+        self, interval_s: float, node: str, cluster: str, job_id: str, pids: Any = None
+    ) -> None:
+        """Sample this node's utilisation (the goodput ledger) until drained with stop;
+        ``pids``: the job's rank processes here, whose CPU share is measured."""
+        from gosok.launcher.ledger.sampler import UtilSampler
 
-        if dist.is_initialized():
+        if self.sampler is None:
+            self.sampler = UtilSampler(
+                interval_s, node, cluster=cluster, job_id=job_id, pids=pids
+            ).start()
+
+    def drain_samples(self, stop: bool = False) -> list[dict[str, Any]]:
+        """The samples taken since the last drain; ``stop`` ends the sampling."""
+        sampler = self.sampler
+        if sampler is None:
+            return []
+        if stop:
+            self.sampler = None
+            return sampler.stop()
+        return sampler.drain()
+
+    def shutdown(self) -> None:
+        # An actor that only started a rank's process never imported torch: do not pay
+        # for importing it (seconds) just to find no process group.
+        dist = sys.modules.get("torch.distributed")
+        if dist is not None and dist.is_initialized():
             with contextlib.suppress(Exception):
                 dist.destroy_process_group()
 

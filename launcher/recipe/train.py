@@ -2,12 +2,13 @@
 generated Markov-chain data with DDP, FSDP or DeepSpeed ZeRO, resuming from the latest
 checkpoint in ``$GOSOK_CHECKPOINT_DIR``.
 
-``gosok launch job=recipe`` writes the resolved config to ``<run dir>/recipe.json`` and
-runs this module on every rank; it also runs under plain torchrun:
+``gosok launch job=recipe`` passes the resolved config in ``$GOSOK_RECIPE_CONFIG``
+(``--config env:GOSOK_RECIPE_CONFIG``; nothing is read from a shared directory) and runs
+this module on every rank; it also runs under plain torchrun:
 ``torchrun --standalone --nproc-per-node 2 -m gosok.launcher.recipe.train --config recipe.json``.
 Per step it sends a heartbeat (step, loss, tokens/s); rank 0 prints every ``log_every``
-steps, logs to W&B, and writes the final metrics (loss, tokens/s, step time, MFU) to the
-config's ``result_file``.
+steps, logs to W&B, and sends the final metrics (loss, tokens/s, step time, MFU) with its
+last heartbeat (and to ``result_file`` when the config names one).
 """
 
 from __future__ import annotations
@@ -115,9 +116,11 @@ class Trainer:
 
             model_sd, optim_sd = get_state_dict(self.model, self.optim)
             torch.save({"model": model_sd, "optim": optim_sd}, tmp / f"shard-{rank}.pt")
+            os.chmod(tmp / f"shard-{rank}.pt", 0o600)
         elif rank == 0:
             state = {"model": self.model.module.state_dict(), "optim": self.optim.state_dict()}
             torch.save(state, tmp / "state.pt")
+            os.chmod(tmp / "state.pt", 0o600)
         dist.barrier()
         if rank == 0:
             store.commit(step, meta)
@@ -129,7 +132,7 @@ class Trainer:
         elif self.strategy == "fsdp":
             from torch.distributed.checkpoint.state_dict import set_state_dict
 
-            shard = torch.load(path / f"shard-{dist.get_rank()}.pt", weights_only=False)
+            shard = torch.load(path / f"shard-{dist.get_rank()}.pt", weights_only=True)
             set_state_dict(
                 self.model,
                 self.optim,
@@ -144,17 +147,46 @@ class Trainer:
             self.optim.load_state_dict(state["optim"])
 
 
+STALE_LOCK_S = 600.0  # building DeepSpeed's ops takes about a minute
+
+
+def clear_stale_build_locks(now: float | None = None) -> list[Path]:
+    """Remove torch extension build locks left by a killed attempt: a lock older than any
+    build takes would otherwise make every later attempt wait on it."""
+    root = Path(
+        os.environ.get("TORCH_EXTENSIONS_DIR") or Path.home() / ".cache" / "torch_extensions"
+    )
+    now = time.time() if now is None else now
+    removed = []
+    for lock in root.glob("*/*/lock") if root.is_dir() else []:
+        try:
+            if now - lock.stat().st_mtime > STALE_LOCK_S:
+                lock.unlink()
+                removed.append(lock)
+        except OSError:
+            continue
+    for path in removed:
+        print(f"gosok: removed a stale extension build lock {path}", flush=True)
+    return removed
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--config", required=True)
     args = parser.parse_args(argv)
-    cfg = json.loads(Path(args.config).read_text())
+    source = args.config
+    if source.startswith("env:"):
+        cfg = json.loads(os.environ[source[4:]])
+    else:
+        cfg = json.loads(Path(source).read_text())
     job = cfg["job"]
     use_cuda = torch.cuda.is_available() and cfg.get("gpu", "cpu") != "cpu"
     if use_cuda:
         torch.cuda.set_device(int(os.environ.get("LOCAL_RANK", "0")))
     if job["strategy"] == "deepspeed" and not use_cuda:
         os.environ.setdefault("DS_ACCELERATOR", "cpu")
+    if job["strategy"] == "deepspeed" and int(os.environ.get("LOCAL_RANK", "0")) == 0:
+        clear_stale_build_locks()
     dist.init_process_group(backend="nccl" if use_cuda else "gloo")
     rank, world = dist.get_rank(), dist.get_world_size()
     device = (
@@ -192,6 +224,9 @@ def main(argv: list[str] | None = None) -> None:
             flush=True,
         )
     step_times: list[float] = []
+    # Sent with every heartbeat for the goodput ledger: where this attempt resumed, when its
+    # first step ended and how long its checkpoint saves blocked training.
+    report = {"resumed_from_step": start_step, "checkpoints": 0, "checkpoint_s": 0.0}
     loss_value = float(entry.meta.get("loss", "nan")) if entry else float("nan")
     for step in range(start_step + 1, job["steps"] + 1):
         start = time.perf_counter()
@@ -205,7 +240,8 @@ def main(argv: list[str] | None = None) -> None:
         elapsed = time.perf_counter() - start
         step_times.append(elapsed)
         tokens_per_s = tokens_per_step / elapsed
-        beat(step, loss=loss_value, tokens_per_s=tokens_per_s, restarts=restarts)
+        report.setdefault("first_step_unix", time.time())
+        beat(step, loss=loss_value, tokens_per_s=tokens_per_s, restarts=restarts, **report)
         if rank == 0 and (step % job["log_every"] == 0 or step == job["steps"]):
             mfu = flops_token * tokens_per_s / world / 1e12 / peak if peak else None
             print(
@@ -217,7 +253,13 @@ def main(argv: list[str] | None = None) -> None:
                 {"loss": loss_value, "tokens_per_s": tokens_per_s, "restarts": restarts}, step
             )
         if step % ckpt["every_steps"] == 0 or step == job["steps"]:
+            saving = time.time()
             trainer.save(store, step, {"loss": loss_value, "world_size": world})
+            report["checkpoint_unix"] = time.time()
+            report["checkpoint_step"] = step
+            report["checkpoints"] += 1
+            report["checkpoint_s"] += report["checkpoint_unix"] - saving
+            beat(step, loss=loss_value, tokens_per_s=tokens_per_s, restarts=restarts, **report)
         if job["step_sleep_s"] > 0:
             time.sleep(job["step_sleep_s"])
     if rank == 0:
@@ -239,7 +281,10 @@ def main(argv: list[str] | None = None) -> None:
             "mfu": achieved / peak if peak else None,
             "data_entropy_nats": data.entropy_nats(),
         }
-        atomic_write_bytes(cfg["result_file"], (json.dumps(result, indent=1) + "\n").encode())
+        if cfg.get("result_file"):
+            atomic_write_bytes(cfg["result_file"], (json.dumps(result, indent=1) + "\n").encode())
+        # The result travels back to the driver with rank 0's last heartbeat.
+        beat(job["steps"], loss=loss_value, restarts=restarts, result=result, **report)
         print(f"final loss {loss_value:.6f}", flush=True)
         logger.finish()
     dist.barrier()

@@ -13,6 +13,7 @@ Use::
     check = verify_signature(load_results(path), pub)
     check.status  # "valid" | "unsigned" | "wrong_key" | "invalid" | "malformed"
     check_nonce(doc, nonce)  # None, or why doc["audit"]["nonce"] is not the auditor's nonce
+    sign_file("outputs/launch/<run>/launch.json", "~/.gosok/bench.key")  # sign in place
 
 What is signed (``signed_bytes``): the canonical JSON (sorted keys, no spaces, no NaN) of
 ``{"content": body, "signer": {"algorithm", "public_key_fingerprint", "signed_unix"}}``,
@@ -27,7 +28,8 @@ tuple signs like a list. Verify documents as loaded from their JSON file.
 Fingerprints are ``"ed25519:"`` followed by the full 64-hex-digit sha256 of the raw 32-byte
 public key, so two keys never share one in practice.
 
-This module imports nothing from gosok (stdlib and ``cryptography`` only).
+This module imports nothing from gosok (stdlib and ``cryptography`` only); ``sign_file``
+re-seals through the sibling ``store`` module.
 """
 
 from __future__ import annotations
@@ -55,6 +57,7 @@ SIGNATURE_KEYS = frozenset({"algorithm", "public_key_fingerprint", "signed_unix"
 FINGERPRINT_PREFIX = "ed25519:"
 SIGNATURE_LEN = 64  # bytes of a raw Ed25519 signature
 MAX_KEY_FILE_BYTES = 64 * 1024
+MAX_NONCE_CHARS = 256
 
 SignatureStatus = Literal["valid", "unsigned", "wrong_key", "invalid", "malformed"]
 
@@ -399,8 +402,47 @@ def check_nonce(doc: Any, nonce: str) -> str | None:
     if not isinstance(audit, dict) or "nonce" not in audit:
         return "document records no audit.nonce"
     recorded = audit["nonce"]
+    if recorded is None:
+        return "the run recorded no nonce (audit.nonce is null): it was not run with audit.nonce="
     if not isinstance(recorded, str):
         return f"audit.nonce is a {type(recorded).__name__}, not a string"
     if recorded != nonce:
         return f"audit.nonce {recorded!r} is not the expected nonce {nonce!r}"
     return None
+
+
+def nonce_problem(nonce: Any) -> str | None:
+    """Why ``nonce`` cannot be an auditor's nonce, or None: a non-empty string of at most
+    ``MAX_NONCE_CHARS`` printable characters."""
+    if not isinstance(nonce, str) or not nonce:
+        return "must be a non-empty string"
+    if len(nonce) > MAX_NONCE_CHARS:
+        return f"is {len(nonce)} characters long; at most {MAX_NONCE_CHARS} are allowed"
+    if not nonce.isprintable():
+        return "holds non-printable characters; only printable characters are allowed"
+    return None
+
+
+def sign_file(
+    path: str | os.PathLike[str], key_path: str | os.PathLike[str] | Ed25519PrivateKey
+) -> dict[str, Any]:
+    """Sign the sealed results file at ``path`` in place with ``key_path``, and re-seal it.
+
+    The file is read, checked against its sha256 (an edited file is refused with
+    ``ValueError``: signing it would vouch for the edit), signed with ``sign_doc`` and
+    written back atomically with a new sha256. Returns the signed document.
+    """
+    from .store import SCHEMA, load_results, write_results
+
+    try:
+        doc = load_results(path)
+    except OSError as err:
+        raise ValueError(f"cannot read {path}: {err.strerror or err}") from None
+    except json.JSONDecodeError as err:
+        raise ValueError(f"{path} is not valid JSON: {err.msg}") from None
+    except AttributeError:
+        raise ValueError(f"{path} is not a gosok results file (not a JSON object)") from None
+    doc.setdefault("schema", SCHEMA)
+    doc.setdefault("created_unix", time.time())
+    signed = sign_doc(doc, key_path)
+    return write_results(path, signed)

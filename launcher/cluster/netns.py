@@ -1,0 +1,129 @@
+"""Local cluster nodes that are separate hosts: each worker node of ``cluster=local
+cluster.local.isolation=netns`` runs in its own network namespace (own IP on a bridge
+private to this machine), its own UTS namespace (own hostname) and its own mount
+namespace (a private ``/tmp``). The head node is this machine, on the bridge's address,
+so the user's command is the driver. ``shared_dir(name)`` stands for the shared storage
+of a real cluster (NFS, Lustre): one directory every node sees at the same path, where
+checkpoints go by default in this mode.
+
+Use (``cluster.local`` does this when ``isolation=netns``)::
+
+    net = NetnsNetwork.for_cluster("local", nodes=3)
+    net.create()                         # bridge + one namespace per worker node
+    cmd = net.wrap(1, ["ray", "start", ...])   # run inside worker node 1
+    net.destroy()
+
+Needs root, ``ip`` and ``unshare`` (util-linux); ``problem()`` says why not when it can't.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import shlex
+import shutil
+import subprocess
+from dataclasses import dataclass
+from pathlib import Path
+
+
+def problem() -> str | None:
+    """None when this machine can run netns nodes, else the reason it cannot."""
+    if os.geteuid() != 0:
+        return "needs root (network, UTS and mount namespaces)"
+    for tool in ("ip", "unshare"):
+        if shutil.which(tool) is None:
+            return f"needs `{tool}`"
+    return None
+
+
+def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
+    return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
+
+
+@dataclass(frozen=True)
+class NetnsNetwork:
+    """The bridge and namespaces of one local cluster, named after it."""
+
+    tag: str  # short, derived from the cluster name: interface names are <= 15 chars
+    nodes: int
+    subnet: str  # "10.X.Y": the bridge is .1, worker node i is .(10 + i)
+
+    @classmethod
+    def for_cluster(cls, name: str, nodes: int) -> NetnsNetwork:
+        digest = hashlib.sha256(name.encode()).digest()
+        return cls(f"g{digest[:3].hex()}", nodes, f"10.{200 + digest[3] % 50}.{digest[4]}")
+
+    @property
+    def bridge(self) -> str:
+        return f"{self.tag}-br"
+
+    @property
+    def head_ip(self) -> str:
+        return f"{self.subnet}.1"
+
+    def ns(self, index: int) -> str:
+        return f"{self.tag}-n{index}"
+
+    def ip_of(self, index: int) -> str:
+        return self.head_ip if index == 0 else f"{self.subnet}.{10 + index}"
+
+    def hostname(self, index: int) -> str:
+        return f"{self.tag}-node{index}"
+
+    def interface(self, index: int) -> str:
+        """The interface gloo must use on node ``index``."""
+        return self.bridge if index == 0 else "eth0"
+
+    def create(self) -> None:
+        self.destroy()
+        _ip("link", "add", self.bridge, "type", "bridge")
+        _ip("addr", "add", f"{self.head_ip}/24", "dev", self.bridge)
+        _ip("link", "set", self.bridge, "up")
+        for index in range(1, self.nodes):
+            ns, veth = self.ns(index), f"{self.tag}-v{index}"
+            _ip("netns", "add", ns)
+            _ip("link", "add", veth, "type", "veth", "peer", "name", "eth0", "netns", ns)
+            _ip("link", "set", veth, "master", self.bridge, "up")
+            _ip("-n", ns, "addr", "add", f"{self.ip_of(index)}/24", "dev", "eth0")
+            _ip("-n", ns, "link", "set", "eth0", "up")
+            _ip("-n", ns, "link", "set", "lo", "up")
+            _ip("-n", ns, "route", "add", "default", "via", self.head_ip)
+
+    def wrap(self, index: int, command: list[str], shared: Path) -> list[str]:
+        """``command`` as run on node ``index``: worker nodes get their own network, hostname
+        and a private /tmp, with the ``shared`` directory at the same path as here (kept
+        aside while /tmp is replaced); the head runs on this machine as it is."""
+        if index == 0:
+            return command
+        path = shlex.quote(str(shared))
+        inner = (
+            f"hostname {shlex.quote(self.hostname(index))} && "
+            "mkdir -p /run/gosok && keep=$(mktemp -d /run/gosok/keep.XXXXXX) && "
+            f"mount --bind {path} $keep && "
+            "mount -t tmpfs -o mode=1777 gosok-tmp /tmp && "
+            f"mkdir -p {path} && mount --move $keep {path} && rmdir $keep && "
+            f"exec {shlex.join(command)}"
+        )
+        return [
+            "ip", "netns", "exec", self.ns(index),
+            "unshare", "--uts", "--mount", "--propagation", "private",
+            "sh", "-c", inner,
+        ]  # fmt: skip
+
+    def cut_link(self, index: int) -> None:
+        """Take node ``index``'s link down (a cable pulled): for failure tests."""
+        _ip("-n", self.ns(index), "link", "set", "eth0", "down")
+
+    def destroy(self) -> None:
+        for index in range(1, self.nodes):
+            _ip("netns", "del", self.ns(index), check=False)
+            _ip("link", "del", f"{self.tag}-v{index}", check=False)
+        _ip("link", "del", self.bridge, check=False)
+
+
+def shared_dir(state_dir: Path, name: str) -> Path:
+    """The directory standing for the cluster's shared storage (same path on every node)."""
+    path = state_dir / "shared" / name
+    path.mkdir(parents=True, exist_ok=True)
+    return path

@@ -1,0 +1,173 @@
+"""Secrets never touch disk: find the secret values a command was given and redact them
+from everything gosok writes or prints.
+
+A value is secret when its variable name looks secret (a word such as TOKEN, SECRET,
+PASSWORD, CREDENTIAL, AUTH, PRIVATE, or a name ending in _KEY), when it carries credentials in a URL
+(``scheme://user:password@host``), when it comes from the launching environment
+(``job.env_from_host``), or when it is the W&B key. Ranks still receive the real values
+(through Ray, in memory); files, Hydra's ``.hydra/`` copies, printed output and recorded
+argv get ``<redacted>``.
+
+Use::
+
+    redactor = Redactor.for_config(cfg)
+    text = redactor.text(text)                # any string
+    data = redactor.data(OmegaConf.to_container(cfg))   # any JSON-like structure
+"""
+
+from __future__ import annotations
+
+import os
+import re
+from collections.abc import Iterable
+from dataclasses import dataclass, field
+from typing import Any
+
+MARK = "<redacted>"
+SECRET_WORDS = {
+    "token", "secret", "password", "passwd", "pwd", "credential", "credentials", "auth",
+    "private", "apikey", "pat",
+}  # fmt: skip
+URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<pw>[^@\s/]+)@")
+HOST_SECRETS = ("WANDB_API_KEY",)
+
+
+def is_secret_name(name: str) -> bool:
+    """``HF_TOKEN``, ``WANDB_API_KEY``, ``db_password``: yes. ``drift_keys``, a bare
+    ``key`` (a file path in gosok's configs), ``tokens``: no."""
+    words = [w.lower() for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])", str(name)) if w]
+    if any(w in SECRET_WORDS for w in words):
+        return True
+    return len(words) > 1 and words[-1] == "key"
+
+
+def url_passwords(text: str) -> list[str]:
+    return [m.group("pw") for m in URL_CREDENTIALS.finditer(text)]
+
+
+@dataclass
+class Redactor:
+    """Replaces known secret values (and any URL password) with ``<redacted>``."""
+
+    values: set[str] = field(default_factory=set)
+
+    def add(self, value: Any) -> None:
+        text = str(value)
+        if len(text) >= 4:  # shorter values would redact ordinary words
+            self.values.add(text)
+
+    def text(self, text: str) -> str:
+        text = URL_CREDENTIALS.sub(lambda m: m.group("head") + MARK + "@", text)
+        for value in sorted(self.values, key=len, reverse=True):
+            text = text.replace(value, MARK)
+        return text
+
+    def data(self, data: Any, name: str = "") -> Any:
+        if isinstance(data, dict):
+            return {k: self.data(v, str(k)) for k, v in data.items()}
+        if isinstance(data, list | tuple):
+            return [self.data(v, name) for v in data]
+        if isinstance(data, str):
+            if name and is_secret_name(name) and data:
+                return MARK
+            return self.text(data)
+        return data
+
+    @classmethod
+    def for_config(cls, cfg: Any, environ: dict[str, str] | None = None) -> Redactor:
+        """Every secret a composed config names or pulls from the environment."""
+        environ = dict(os.environ if environ is None else environ)
+        redactor = cls()
+        for name, value in _walk(cfg):
+            if is_secret_name(name) and isinstance(value, str) and value:
+                redactor.add(value)
+            if isinstance(value, str):
+                for password in url_passwords(value):
+                    redactor.add(password)
+        job = _get(cfg, "job")
+        for name in _get(job, "env_from_host") or []:
+            if name in environ:
+                redactor.add(environ[name])
+        for name in HOST_SECRETS:
+            if environ.get(name):
+                redactor.add(environ[name])
+        return redactor
+
+    @classmethod
+    def for_argv(cls, argv: Iterable[str]) -> Redactor:
+        """Secrets given as ``key=value`` overrides on a command line."""
+        redactor = cls()
+        for arg in argv:
+            key, _, value = str(arg).partition("=")
+            if value and is_secret_name(key.split(".")[-1]):
+                redactor.add(value)
+            for password in url_passwords(str(arg)):
+                redactor.add(password)
+        return redactor
+
+    def merge(self, other: Redactor) -> Redactor:
+        return Redactor(self.values | other.values)
+
+
+def _get(node: Any, key: str) -> Any:
+    if node is None:
+        return None
+    try:
+        return node.get(key) if hasattr(node, "get") else getattr(node, key, None)
+    except Exception:  # omegaconf raises its own errors for missing keys
+        return None
+
+
+def _walk(node: Any, name: str = "") -> Iterable[tuple[str, Any]]:
+    """(leaf key, value) of a config or JSON-like structure, without resolving secrets."""
+    try:
+        from omegaconf import DictConfig, ListConfig, OmegaConf
+
+        if isinstance(node, DictConfig | ListConfig):
+            node = OmegaConf.to_container(node, resolve=False)
+    except ImportError:
+        pass
+    if isinstance(node, dict):
+        for key, value in node.items():
+            yield from _walk(value, str(key))
+    elif isinstance(node, list | tuple):
+        for value in node:
+            yield from _walk(value, name)
+    else:
+        yield name, node
+
+
+class RedactingStream:
+    """A text stream that redacts everything written through it (stdout / stderr)."""
+
+    def __init__(self, inner: Any, redactor: Redactor) -> None:
+        self._inner = inner
+        self.redactor = redactor
+
+    def write(self, text: str) -> int:
+        self._inner.write(self.redactor.text(text))
+        return len(text)
+
+    def __getattr__(self, name: str) -> Any:
+        return getattr(self._inner, name)
+
+
+_current = Redactor()
+
+
+def set_current(redactor: Redactor) -> None:
+    """The redactor of the command being run (the CLI sets it once the config is known)."""
+    global _current
+    _current = redactor
+
+
+def current() -> Redactor:
+    return _current
+
+
+def redacted_config(cfg: Any) -> Any:
+    """The composed config as plain data, fit to write into a results file."""
+    from omegaconf import OmegaConf
+
+    data = OmegaConf.to_container(cfg, resolve=True) if OmegaConf.is_config(cfg) else cfg
+    return _current.merge(Redactor.for_config(cfg)).data(data)

@@ -1,0 +1,71 @@
+"""Checkpoints are data: the manifest cannot send gosok outside its directory, states load
+with ``weights_only=True``, files are private, and stale build locks are cleared."""
+
+from __future__ import annotations
+
+import json
+import os
+import time
+
+import pytest
+import torch
+
+from gosok.launcher.launch.checkpoint import CheckpointStore, load_state, save_state
+from gosok.launcher.recipe.train import STALE_LOCK_S, clear_stale_build_locks
+
+
+def test_state_round_trip_is_weights_only_and_private(tmp_path):
+    store = CheckpointStore(tmp_path, keep_last=2)
+    model = torch.nn.Linear(3, 2)
+    optim = torch.optim.AdamW(model.parameters())
+    model(torch.ones(1, 3)).sum().backward()
+    optim.step()
+    save_state(store, 10, {"model": model.state_dict(), "optim": optim.state_dict()}, {})
+    entry = store.latest()
+    assert entry is not None and entry.step == 10
+    assert (entry.path / "state.pt").stat().st_mode & 0o077 == 0
+    state = load_state(entry)
+    assert torch.equal(state["model"]["weight"], model.state_dict()["weight"])
+
+
+def test_code_in_a_checkpoint_is_refused(tmp_path):
+    store = CheckpointStore(tmp_path)
+    tmp = store.begin(5)
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo owned > " + str(tmp_path / "owned"),))
+
+    torch.save({"x": Payload()}, tmp / "state.pt")
+    entry = store.commit(5, {})
+    with pytest.raises(Exception, match="[Ww]eights only"):
+        load_state(entry)
+    assert not (tmp_path / "owned").exists()
+
+
+@pytest.mark.parametrize(
+    "entry",
+    [
+        {"step": 1, "dir": "../../etc", "files": {}, "meta": {}, "created_unix": 0},
+        {"step": 1, "dir": "step-000002", "files": {}, "meta": {}, "created_unix": 0},
+        {"step": 1, "dir": "step-000001", "files": {"../x": "0"}, "meta": {}, "created_unix": 0},
+        {"step": "1", "dir": "step-000001", "files": {}, "meta": {}, "created_unix": 0},
+    ],
+)
+def test_manifest_entries_outside_their_directory_are_refused(tmp_path, entry):
+    (tmp_path / "manifest.json").write_text(json.dumps({"checkpoints": [entry]}))
+    with pytest.raises(ValueError):
+        CheckpointStore(tmp_path).latest()
+
+
+def test_stale_extension_locks_are_cleared(tmp_path, monkeypatch):
+    monkeypatch.setenv("TORCH_EXTENSIONS_DIR", str(tmp_path))
+    old = tmp_path / "py311_cpu" / "deepspeed_shm_comm" / "lock"
+    fresh = tmp_path / "py311_cpu" / "other_op" / "lock"
+    for lock in (old, fresh):
+        lock.parent.mkdir(parents=True)
+        lock.touch()
+    past = time.time() - STALE_LOCK_S - 60
+    os.utime(old, (past, past))
+    assert clear_stale_build_locks() == [old]
+    assert fresh.exists() and not old.exists()
