@@ -16,8 +16,8 @@ from gosok.launcher.cli import Command, run_hydra
 
 def bench_task(cfg: Any, console: Any) -> int:
     from gosok.benchmarks.core.registry import benchmarks
-    from gosok.benchmarks.core.schema import validate_trust
     from gosok.launcher.config.ledger_schema import validate_ledger
+    from gosok.launcher.config.trust import validate_trust
     from gosok.launcher.config.validate import raise_if, validate_cluster
     from gosok.launcher.errors import ConfigError
 

@@ -2,7 +2,7 @@
 and the audit trail (signing key, auditor's nonce).
 
 Use: ``register_bench_schemas()`` before Hydra composes ``configs/bench.yaml``;
-``validate_trust(cfg)`` checks ``sign.key`` and ``audit.nonce`` before anything starts.
+``launcher.config.trust.validate_trust(cfg)`` checks ``sign.key`` and ``audit.nonce``.
 """
 
 from __future__ import annotations
@@ -14,6 +14,7 @@ from omegaconf import MISSING
 
 from gosok.launcher.config.ledger_schema import LedgerConfig
 from gosok.launcher.config.schema import ClusterConfig
+from gosok.launcher.config.trust import AuditConfig, SignConfig
 
 
 @dataclass
@@ -24,23 +25,6 @@ class OutputConfig:
     plot: bool = True
     #: File name of the sealed results in the run directory.
     results_name: str = "results.json"
-
-
-@dataclass
-class SignConfig:
-    """Signing the results file with the operator's Ed25519 key (``gosok keys new``)."""
-
-    #: Path of the PEM Ed25519 private key (mode 0600) that signs results.json; None: unsigned.
-    key: str | None = None
-
-
-@dataclass
-class AuditConfig:
-    """What an auditor asked the run to record."""
-
-    #: The auditor's nonce (at most 256 printable characters), recorded at audit.nonce and
-    #: covered by the signature: proves the results come from a run made after it was issued.
-    nonce: str | None = None
 
 
 @dataclass
@@ -63,32 +47,6 @@ class BenchRunConfig:
     dry_run: bool = False
     #: Seconds a collective may block before the run is stopped.
     collective_timeout_s: float = 300.0
-
-
-def validate_trust(cfg: Any) -> list[str]:
-    """Problems with ``sign.key`` and ``audit.nonce``, each naming the field and what is allowed."""
-    from gosok.launcher.results.signing import MAX_NONCE_CHARS, load_private_key, nonce_problem
-
-    problems = []
-    key = cfg.sign.key
-    if key is not None:
-        try:
-            load_private_key(key)
-        except ValueError as err:
-            problems.append(
-                f"sign.key={key!r}: {err}; allowed: an unencrypted Ed25519 PEM private key "
-                "readable by its owner only (make one with gosok keys new --out PREFIX)"
-            )
-    nonce = cfg.audit.nonce
-    if nonce is not None:
-        problem = nonce_problem(nonce)
-        if problem:
-            shown = nonce if len(nonce) <= 40 else nonce[:40] + "..."
-            problems.append(
-                f"audit.nonce={shown!r} {problem}; allowed: 1 to {MAX_NONCE_CHARS} "
-                "printable characters"
-            )
-    return problems
 
 
 def register_bench_schemas() -> None:

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Any
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from gosok.benchmarks.suite.compare import REGRESSION, compare_docs, rederived, regressions
@@ -89,29 +90,39 @@ def headline(doc: dict[str, Any]) -> list[str]:
     return lines
 
 
-def print_summary(doc: dict[str, Any], console: Console) -> None:
-    """Rich terminal summary: every non-INFO check line, then the headline."""
-    table = Table(title=f"suite {doc['suite']['name']}: checks", show_lines=False)
-    for column in ("status", "subject", "check", "value", "expectation", "rule", "detail"):
-        table.add_column(column, overflow="fold")
-    shown = [c for c in _checks(doc) if c.status != "INFO"]
-    if len(shown) > 60:
-        # Large clusters: show what is not PASS, and count the rest.
-        passed = sum(1 for c in shown if c.status == PASS)
-        shown = [c for c in shown if c.status != PASS]
-        table.caption = f"{passed} PASS line(s) not shown; all are in report.md"
-    for c in shown:
-        unit = f" {c.unit}" if c.unit and isinstance(c.value, (int, float)) else ""
-        table.add_row(
-            f"[{STYLE[c.status]}]{c.status}[/]",
-            c.subject,
-            f"{c.phase}.{c.name}",
-            f"{_fmt(c.value)}{unit}",
-            c.expectation,
-            c.rule,
-            c.detail,
+def summary_lines(doc: dict[str, Any], width: int = 80) -> list[str]:
+    """A summary that reads in an 80-column terminal: check counts per phase, then one
+    line per failing or warning check name (how many subjects, which, the worst value
+    against its expectation); every check with its rule is in report.md / report.html."""
+    checks = [c for c in _checks(doc) if c.status != "INFO"]
+    phases: dict[str, dict[str, int]] = {}
+    flagged: dict[tuple[str, str], list[Any]] = {}
+    for c in checks:
+        counts = phases.setdefault(c.phase, {PASS: 0, WARN: 0, FAIL: 0})
+        counts[c.status] = counts.get(c.status, 0) + 1
+        if c.status in (WARN, FAIL):
+            flagged.setdefault((c.status, f"{c.phase}.{c.name}"), []).append(c)
+    lines = [f"suite {doc['suite']['name']}: {len(checks)} checks"]
+    for phase, counts in phases.items():
+        lines.append(
+            f"  {phase:<11s} {counts[PASS]:4d} PASS {counts[WARN]:4d} WARN {counts[FAIL]:4d} FAIL"
         )
-    console.print(table)
+    for (status, name), group in sorted(flagged.items(), key=lambda kv: kv[0][0] != FAIL):
+        subjects = ", ".join(c.subject for c in group[:3]) + (", ..." if len(group) > 3 else "")
+        numeric = [c for c in group if isinstance(c.value, int | float)]
+        worst = min(numeric, key=lambda c: c.value) if numeric else group[0]
+        unit = f" {worst.unit}" if worst.unit and worst in numeric else ""
+        lines.append(f"{status} {name}: {len(group)} x ({subjects})")
+        lines.append(f"     worst {_fmt(worst.value)}{unit}; expected {worst.expectation}")
+    return [line if len(line) < width else line[: width - 5] + " ..." for line in lines]
+
+
+def print_summary(doc: dict[str, Any], console: Console) -> None:
+    """The compact summary (``summary_lines``), then the headline."""
+    for line in summary_lines(doc):
+        style = STYLE.get(line.split(" ", 1)[0], "")
+        console.print(f"[{style}]{escape(line)}[/]" if style else escape(line), highlight=False)
+    console.print("every check with its rule: report.md / report.html", highlight=False)
     for line in headline(doc):
         style = STYLE.get(doc["verdict"]["cluster"], "") if line.startswith("cluster") else ""
         console.print(f"[{style}]{line}[/]" if style else line, highlight=False)

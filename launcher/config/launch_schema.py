@@ -19,6 +19,7 @@ from omegaconf import MISSING
 
 from gosok.launcher.config.ledger_schema import LedgerConfig
 from gosok.launcher.config.schema import ClusterConfig
+from gosok.launcher.config.trust import AuditConfig, SignConfig
 
 JOB_KINDS = ("script", "recipe")
 STRATEGIES = ("ddp", "fsdp", "deepspeed")
@@ -167,6 +168,10 @@ class LaunchConfig:
     allocation: AllocationConfig = field(default_factory=AllocationConfig)
     launch: LaunchOptions = field(default_factory=LaunchOptions)
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
+    #: Sign launch.json with this Ed25519 key (``sign.key=PATH``), as ``gosok bench`` does.
+    sign: SignConfig = field(default_factory=SignConfig)
+    #: The auditor's nonce, recorded in launch.json and covered by its signature.
+    audit: AuditConfig = field(default_factory=AuditConfig)
     run_id: str = ""  # empty: derived from the run directory (stable across restarts)
     job_id: str = ""  # W&B group; empty: the job name
     tee_ranks: list[int] = field(default_factory=lambda: [0])

@@ -27,6 +27,7 @@ from gosok.launcher.config.launch_schema import (
     ZERO_STAGES,
 )
 from gosok.launcher.config.ledger_schema import validate_ledger
+from gosok.launcher.config.trust import validate_trust
 from gosok.launcher.config.validate import one_of, positive, timeout, validate_cluster
 from gosok.launcher.recipe.config import batch_problems
 
@@ -140,6 +141,7 @@ def validate_launch(cfg: Any, cwd: Path) -> list[str]:
         )
     if not 0 <= cfg.master_port <= 65535:
         problems.append(f"master_port={cfg.master_port} must be in 0..65535 (0: free port)")
+    problems += validate_trust(cfg)
     problems += one_of("allocation.track", cfg.allocation.track, TRACKS)
     if cfg.allocation.track in TRACKS and cfg.allocation.track != "none":
         problems += [f"allocation: {p}" for p in check_allocation(cluster, cfg.allocation.track)]

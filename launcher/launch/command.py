@@ -390,8 +390,15 @@ def launch_task(cfg: Any, console: Console) -> int:
     }
     if cfg.launch.profile and result.attempts:
         doc["profile"] = launch_profile(marks, result.attempts[0])
+    if cfg.audit.nonce is not None:
+        doc["audit"] = {"nonce": cfg.audit.nonce}
     path = run_dir / "launch.json"
     write_results(path, doc)
+    if cfg.sign.key:
+        from gosok.launcher.results.signing import sign_file
+
+        sign_file(path, cfg.sign.key)
+        console.print(f"signed with {cfg.sign.key}", highlight=False)
     summarize(console, plan, result, metrics)
     if "profile" in doc:
         print_profile(console, doc["profile"])

@@ -26,7 +26,6 @@ import html
 import io
 import math
 import os
-import tempfile
 import time
 from collections.abc import Mapping, Sequence
 from datetime import datetime, timezone
@@ -80,27 +79,12 @@ MAX_POINTS_PER_SERIES = 2000
 
 
 def write_atomic(path: str | os.PathLike[str], data: str | bytes) -> Path:
-    """Replace ``path`` with ``data`` so a reader sees the old file or the new, never half."""
-    path = Path(path)
-    raw = data.encode() if isinstance(data, str) else data
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        os.chmod(tmp, path.stat().st_mode & 0o777 if path.exists() else 0o644)
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(raw)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    if hasattr(os, "O_DIRECTORY"):
-        dir_fd = os.open(path.parent, os.O_RDONLY | os.O_DIRECTORY)
-        try:
-            os.fsync(dir_fd)
-        finally:
-            os.close(dir_fd)
-    return path
+    """Replace ``path`` with ``data`` atomically (``results.store``); reports are 0644."""
+    from gosok.launcher.results.store import atomic_write_bytes
+
+    written = atomic_write_bytes(path, data.encode() if isinstance(data, str) else data)
+    os.chmod(written, 0o644)
+    return written
 
 
 # ---- figures -------------------------------------------------------------------------

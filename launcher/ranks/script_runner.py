@@ -155,7 +155,12 @@ def spawn_rank(
     argv, cwd = shipped(spec)
     for key in ("log", "beat", "stack", "marks"):
         Path(files[key]).unlink(missing_ok=True)
-    env = dict(os.environ if base_env is None else base_env)
+    from gosok.launcher.config.secrets import is_secret_name
+
+    # Secrets in the node's own environment (a cluster token, a key in the shell that
+    # started Ray) do not reach the job; what it needs it is given in spec env.
+    inherited = os.environ if base_env is None else base_env
+    env = {k: v for k, v in inherited.items() if not is_secret_name(k)}
     env.update(spec["env"])
     env.update(spec.get("rank_env", {}).get(str(ctx.rank), {}))
     env.update(
