@@ -130,11 +130,28 @@ class CheckpointStore:
     def entries(self) -> list[CheckpointEntry]:
         return [self._entry(e) for e in self.read_manifest()["checkpoints"]]
 
-    def verify(self, entry: CheckpointEntry) -> bool:
+    def verify(self, entry: CheckpointEntry, names: list[str] | None = None) -> bool:
+        """Every file (or only ``names``: a rank checks the shards it reads) matches its
+        sha256 in the manifest."""
+        wanted = entry.files if names is None else {n: entry.files.get(n) for n in names}
         try:
-            return all(file_sha256(entry.path / n) == h for n, h in entry.files.items())
+            return all(
+                h is not None and file_sha256(entry.path / n) == h for n, h in wanted.items()
+            )
         except OSError:
             return False
+
+    def entry(self, step: int) -> CheckpointEntry | None:
+        return next((e for e in self.entries() if e.step == step), None)
+
+    def resume_point(self) -> CheckpointEntry | None:
+        """The step a restarted job resumes from, decided once (by the driver): the newest
+        checkpoint whose files are all present. Reading sizes only, it costs the same at
+        4,080 ranks as at 4; each rank then hashes just what it loads."""
+        for entry in reversed(self.entries()):
+            if all((entry.path / name).is_file() for name in entry.files):
+                return entry
+        return None
 
     def latest(self, verify: bool = True) -> CheckpointEntry | None:
         """The newest checkpoint in the manifest whose files are all present and intact."""

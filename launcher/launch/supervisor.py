@@ -207,6 +207,9 @@ class Supervisor:
         started = time.time()
         self._notify("on_attempt_start", attempt, started)
         env = {**self.spec.env, "GOSOK_RESTART_COUNT": str(attempt)}
+        resume = self._resume_step()
+        if resume is not None:
+            env["GOSOK_RESUME_STEP"] = str(resume)  # decided once, the same on every rank
         group = LaunchRanks(
             self.cluster,
             env,
@@ -260,6 +263,23 @@ class Supervisor:
             if rank in self.spec.tee_ranks:
                 self._tee(rank, text)
         return arrived
+
+    def _resume_step(self) -> int | None:
+        """For jobs that checkpoint through gosok (the recipe): the step every rank resumes
+        from, read once from the manifest here (0: from scratch)."""
+        directory = self.spec.env.get("GOSOK_CHECKPOINT_DIR")
+        if not self.spec.expect_heartbeat or not directory:
+            return None
+        from gosok.launcher.launch.checkpoint import CheckpointStore
+
+        try:
+            entry = CheckpointStore(directory).resume_point()
+        except (OSError, ValueError) as err:
+            self._say(f"checkpoints unreadable ({err}); starting from scratch")
+            return 0
+        if entry is not None:
+            self._say(f"resuming every rank from step {entry.step}")
+        return entry.step if entry else 0
 
     def _wait_for_nodes(self) -> None:
         """Give nodes that are still joining (or restarting) time before placing."""

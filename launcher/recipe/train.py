@@ -126,6 +126,14 @@ class Trainer:
             store.commit(step, meta)
         dist.barrier()
 
+    def own_files(self, rank: int) -> list[str] | None:
+        """The checkpoint files this rank reads (None: DeepSpeed's own layout, all files)."""
+        if self.strategy == "fsdp":
+            return [f"shard-{rank}.pt"]
+        if self.strategy == "deepspeed":
+            return None
+        return ["state.pt"]
+
     def load(self, path: Path) -> None:
         if self.strategy == "deepspeed":
             self.engine.load_checkpoint(str(path), tag="ds")
@@ -145,6 +153,27 @@ class Trainer:
             state = load_state(CheckpointEntry(0, path))
             self.model.module.load_state_dict(state["model"])
             self.optim.load_state_dict(state["optim"])
+
+
+RESUME_ENV = "GOSOK_RESUME_STEP"
+
+
+def resume_entry(store: CheckpointStore, own_files: list[str] | None) -> Any:
+    """The checkpoint this rank loads: the step the driver chose (``$GOSOK_RESUME_STEP``,
+    the same on every rank), with only this rank's own files verified; without gosok's
+    driver (plain torchrun), the newest checkpoint that verifies."""
+    chosen = os.environ.get(RESUME_ENV)
+    if chosen is None:
+        return store.latest()
+    if int(chosen) == 0:
+        return None
+    entry = store.entry(int(chosen))
+    if entry is None or not store.verify(entry, own_files):
+        raise RuntimeError(
+            f"checkpoint step {chosen} chosen by the driver is missing or damaged on this "
+            f"rank ({store.root}): files {own_files or 'all'} do not match the manifest"
+        )
+    return entry
 
 
 STALE_LOCK_S = 600.0  # building DeepSpeed's ops takes about a minute
@@ -198,7 +227,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     trainer = Trainer(cfg, device)
     start_step = 0
-    entry = store.latest()
+    entry = resume_entry(store, trainer.own_files(rank))
     if entry is not None:
         trainer.load(entry.path)
         start_step = entry.step

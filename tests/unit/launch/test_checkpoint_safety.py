@@ -69,3 +69,24 @@ def test_stale_extension_locks_are_cleared(tmp_path, monkeypatch):
     os.utime(old, (past, past))
     assert clear_stale_build_locks() == [old]
     assert fresh.exists() and not old.exists()
+
+
+def test_resume_is_decided_once_and_ranks_verify_only_their_files(tmp_path, monkeypatch):
+    from gosok.launcher.recipe.train import RESUME_ENV, resume_entry
+
+    store = CheckpointStore(tmp_path, keep_last=3)
+    for step in (10, 20):
+        tmp = store.begin(step)
+        for rank in range(2):
+            (tmp / f"shard-{rank}.pt").write_bytes(f"{step}-{rank}".encode())
+        store.commit(step, {})
+    (tmp_path / "step-000020" / "shard-1.pt").unlink()  # half of the newest is gone
+    assert store.resume_point().step == 10  # the driver's choice: sizes, no hashing
+    monkeypatch.setenv(RESUME_ENV, "10")
+    assert resume_entry(store, ["shard-0.pt"]).step == 10
+    (tmp_path / "step-000010" / "shard-1.pt").write_bytes(b"damaged")
+    assert resume_entry(store, ["shard-0.pt"]).step == 10  # rank 0 reads only its shard
+    with pytest.raises(RuntimeError, match="damaged"):
+        resume_entry(store, ["shard-1.pt"])
+    monkeypatch.setenv(RESUME_ENV, "0")
+    assert resume_entry(store, ["shard-0.pt"]) is None
