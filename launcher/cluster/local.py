@@ -30,7 +30,7 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
-from gosok.launcher.cluster.netns import NetnsNetwork, shared_dir
+from gosok.launcher.cluster.netns import NetnsNetwork, environment_paths, shared_dir
 from gosok.launcher.errors import GosokError
 from gosok.launcher.results.store import atomic_write_bytes
 
@@ -222,7 +222,7 @@ def start(cluster: Any) -> LocalClusterState:
             env = ray_env(cluster.name)
             if net:
                 shared = shared_dir(state_dir(), cluster.name)
-                command = net.wrap(index, command, shared)
+                command = net.wrap(index, command, [shared, *environment_paths()])
                 env["GLOO_SOCKET_IFNAME"] = net.interface(index)
                 env["GOSOK_SHARED_DIR"] = str(shared)
                 if index:  # a host of its own: the token travels in memory, not on disk

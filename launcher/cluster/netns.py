@@ -90,21 +90,24 @@ class NetnsNetwork:
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", ns, "route", "add", "default", "via", self.head_ip)
 
-    def wrap(self, index: int, command: list[str], shared: Path) -> list[str]:
+    def wrap(self, index: int, command: list[str], keep: list[Path]) -> list[str]:
         """``command`` as run on node ``index``: worker nodes get their own network, hostname
-        and a private /tmp, with the ``shared`` directory at the same path as here (kept
-        aside while /tmp is replaced); the head runs on this machine as it is."""
+        and a private /tmp; the ``keep`` paths (the shared storage, the Python environment
+        and gosok's own code, as installed on every host of a real cluster) stay visible at
+        the same paths. The head runs on this machine as it is."""
         if index == 0:
             return command
-        path = shlex.quote(str(shared))
-        inner = (
-            f"hostname {shlex.quote(self.hostname(index))} && "
-            "mkdir -p /run/gosok && keep=$(mktemp -d /run/gosok/keep.XXXXXX) && "
-            f"mount --bind {path} $keep && "
-            "mount -t tmpfs -o mode=1777 gosok-tmp /tmp && "
-            f"mkdir -p {path} && mount --move $keep {path} && rmdir $keep && "
-            f"exec {shlex.join(command)}"
-        )
+        hidden = [p for p in keep if p.exists() and p.resolve().is_relative_to("/tmp")]
+        kept = _outermost(hidden)  # only what the private /tmp would hide
+        steps = [f"hostname {shlex.quote(self.hostname(index))}", "mkdir -p /run/gosok"]
+        for i, path in enumerate(kept):
+            steps += [f"k{i}=$(mktemp -d /run/gosok/keep.XXXXXX)",
+                      f"mount --bind {shlex.quote(str(path))} $k{i}"]  # fmt: skip
+        steps.append("mount -t tmpfs -o mode=1777 gosok-tmp /tmp")
+        for i, path in enumerate(kept):
+            quoted = shlex.quote(str(path))
+            steps += [f"mkdir -p {quoted}", f"mount --move $k{i} {quoted}", f"rmdir $k{i}"]
+        inner = " && ".join(steps) + f" && exec {shlex.join(command)}"
         return [
             "ip", "netns", "exec", self.ns(index),
             "unshare", "--uts", "--mount", "--propagation", "private",
@@ -120,6 +123,27 @@ class NetnsNetwork:
             _ip("netns", "del", self.ns(index), check=False)
             _ip("link", "del", f"{self.tag}-v{index}", check=False)
         _ip("link", "del", self.bridge, check=False)
+
+
+def _outermost(paths: list[Path]) -> list[Path]:
+    """The paths not inside another one of them (a bind of the parent carries the child)."""
+    resolved = sorted({p.resolve() for p in paths}, key=lambda p: len(p.parts))
+    out: list[Path] = []
+    for path in resolved:
+        if not any(path.is_relative_to(parent) for parent in out):
+            out.append(path)
+    return out
+
+
+def environment_paths() -> list[Path]:
+    """The interpreter's environment and gosok's code: on a real cluster every host has
+    them installed; a netns node must see them through its private /tmp too."""
+    import sys
+
+    import gosok.launcher
+
+    code = Path(gosok.launcher.__file__).resolve().parent.parent
+    return [Path(sys.prefix), code, *(Path(p) for p in sys.path if p)]
 
 
 def shared_dir(state_dir: Path, name: str) -> Path:
