@@ -189,14 +189,26 @@ def _node_command(
     return cmd
 
 
-def start(cluster: Any) -> LocalClusterState:
-    """Start head + (nodes - 1) workers; wait until all nodes are alive in Ray."""
+def start(cluster: Any, tries: int = 2) -> LocalClusterState:
+    """Start head + (nodes - 1) workers; wait until all nodes are alive in Ray. A start
+    whose nodes do not all come up (a Ray agent can die while several nodes start on one
+    busy machine) is torn down and tried once more."""
     existing = load_state(cluster.name)
     if existing and is_running(existing):
         raise GosokError(
             f"local cluster {cluster.name!r} is already running at {existing.address}; "
             "`gosok cluster down` first"
         )
+    for attempt in range(1, tries + 1):
+        try:
+            return _start_once(cluster)
+        except GosokError:
+            if attempt == tries:
+                raise
+    raise AssertionError("unreachable")
+
+
+def _start_once(cluster: Any) -> LocalClusterState:
     isolation = cluster.local.isolation
     net = NetnsNetwork.for_cluster(cluster.name, cluster.nodes) if isolation == "netns" else None
     ip = net.head_ip if net else cluster.local.node_ip
