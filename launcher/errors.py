@@ -33,3 +33,15 @@ class CollectiveTimeoutError(GosokError):
     """A step on the ranks did not finish within its timeout."""
 
     exit_code = 4
+
+
+class RankStartError(GosokError):
+    """A rank's process could not be started on its node (no such interpreter or script,
+    no permission): ``rank``, ``node_id``, ``hostname`` and the node's own error."""
+
+    def __init__(self, rank: int, node_id: str, hostname: str, cause: BaseException) -> None:
+        self.rank, self.node_id, self.hostname, self.cause = rank, node_id, hostname, cause
+        super().__init__(
+            f"rank {rank} could not start on {hostname or 'its node'} ({node_id[:8]}): "
+            f"{type(cause).__name__}: {cause}"
+        )

@@ -148,8 +148,10 @@ def session_alive(pgid: int) -> bool:
 
 
 def is_running(state: LocalClusterState) -> bool:
+    """The head is up. A worker node that died leaves a running cluster with one node
+    fewer (as on a real cluster: Ray marks it dead, placement goes around it)."""
     host, port = state.address.rsplit(":", 1)
-    return all(session_alive(p) for p in state.pgids) and port_open(host, int(port))
+    return bool(state.pgids) and session_alive(state.pgids[0]) and port_open(host, int(port))
 
 
 def _node_command(
@@ -347,11 +349,11 @@ def stop(name: str) -> bool:
 
 
 def wait_until_ready(state: LocalClusterState, timeout_s: float) -> bool:
-    """A recorded cluster whose node sessions are all alive may still be starting (another
-    process just ran ``start``): give its head time to open its port. False if stale."""
+    """A recorded cluster whose head is alive may still be starting (another process just
+    ran ``start``): give it time to open its port. False if stale."""
     host, port = state.address.rsplit(":", 1)
     deadline = time.monotonic() + timeout_s
-    while all(session_alive(p) for p in state.pgids):
+    while state.pgids and session_alive(state.pgids[0]):
         if port_open(host, int(port)):
             return True
         if time.monotonic() > deadline:

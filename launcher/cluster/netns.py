@@ -102,7 +102,7 @@ class NetnsNetwork:
         steps = [f"hostname {shlex.quote(self.hostname(index))}", "mkdir -p /run/gosok"]
         for i, path in enumerate(kept):
             steps += [f"k{i}=$(mktemp -d /run/gosok/keep.XXXXXX)",
-                      f"mount --bind {shlex.quote(str(path))} $k{i}"]  # fmt: skip
+                      f"mount --rbind {shlex.quote(str(path))} $k{i}"]  # fmt: skip
         steps.append("mount -t tmpfs -o mode=1777 gosok-tmp /tmp")
         for i, path in enumerate(kept):
             quoted = shlex.quote(str(path))

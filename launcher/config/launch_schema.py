@@ -128,9 +128,14 @@ class FaultConfig:
     max_failures: int = 3
     same_failure_limit: int = 2  # the same non-infrastructure failure this often: give up
     exclude_failed_nodes: bool = True
-    hang_timeout_s: float = 120.0  # no step progress for this long after the first beat
+    #: No rank made progress (a heartbeat step, a torch.distributed collective, a move of
+    #: its Python stack, bytes written while saving) for this long: a hang. Watched once a
+    #: rank has beaten or entered a collective.
+    hang_timeout_s: float = 120.0
     startup_timeout_s: float = 600.0  # from spawn to the first beat (DeepSpeed compiles)
-    poll_s: float = 0.5
+    poll_s: float = 0.5  # each node reports this often (at once when a rank exits)
+    report_timeout_s: float = 5.0  # a node's report later than poll_s + this is missed
+    missed_reports: int = 3  # this many missed in a row: the node is lost
     placement_timeout_s: float = 120.0
 
 

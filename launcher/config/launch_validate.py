@@ -128,6 +128,8 @@ def validate_launch(cfg: Any, cwd: Path) -> list[str]:
     for key in ("hang_timeout_s", "startup_timeout_s", "placement_timeout_s"):
         problems += timeout(f"fault.{key}", getattr(fault, key))
     problems += positive("fault.poll_s", fault.poll_s, 0.01, maximum=600)
+    problems += positive("fault.report_timeout_s", fault.report_timeout_s, 0.1, maximum=3600)
+    problems += positive("fault.missed_reports", fault.missed_reports, 1, maximum=1000)
     problems += one_of("logger.kind", cfg.logger.kind, LOGGER_KINDS)
     problems += one_of("logger.mode", cfg.logger.mode, WANDB_MODES)
     bad_tee = [r for r in cfg.tee_ranks if not 0 <= r < world]

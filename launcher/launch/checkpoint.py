@@ -17,6 +17,7 @@ Use::
 
 from __future__ import annotations
 
+import errno
 import hashlib
 import json
 import os
@@ -40,6 +41,9 @@ class CheckpointEntry:
     files: dict[str, str] = field(default_factory=dict)
     meta: dict[str, Any] = field(default_factory=dict)
     created_unix: float = 0.0
+
+
+FULL_SLACK_BYTES = 1 << 20
 
 
 def file_sha256(path: Path) -> str:
@@ -177,6 +181,21 @@ def _entry_problem(entry: Any) -> str | None:
         if not parts or Path(str(name)).is_absolute() or ".." in parts:
             return f"checkpoint {entry['dir']}: file path {name!r} leaves its directory"
     return None
+
+
+def disk_full(root: str | os.PathLike[str], err: BaseException) -> str | None:
+    """Why a checkpoint write failed when the cause is a full disk (the error says so, or
+    the storage is all but full), else None."""
+    code = getattr(err, "errno", None)
+    try:
+        usage = shutil.disk_usage(root)
+    except OSError:
+        usage = None
+    nearly = usage is not None and usage.free < max(FULL_SLACK_BYTES, usage.total // 200)
+    if code not in (errno.ENOSPC, errno.EDQUOT) and not nearly:
+        return None
+    room = f" ({usage.free / 2**20:.1f} MiB free of {usage.total / 2**20:.1f} MiB)" if usage else ""
+    return f"No space left on device: {root}{room}"
 
 
 def save_state(store: CheckpointStore, step: int, state: dict[str, Any], meta: dict) -> Path:

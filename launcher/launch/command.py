@@ -23,6 +23,7 @@ from typing import Any
 
 from omegaconf import OmegaConf
 from rich.console import Console
+from rich.markup import escape
 
 from gosok.launcher.config.allocation import describe_allocation
 from gosok.launcher.config.launch_validate import validate_launch
@@ -230,7 +231,8 @@ def print_plan(cfg: Any, plan: LaunchPlan, console: Console) -> None:
         f"failure {fault.same_failure_limit}x in a row stops the job; failed nodes "
         f"{'excluded when a spare exists' if fault.exclude_failed_nodes else 'kept'} "
         f"(spare_nodes={cluster.spare_nodes}); hang_timeout_s={fault.hang_timeout_s}, "
-        f"startup_timeout_s={fault.startup_timeout_s}")  # fmt: skip
+        f"startup_timeout_s={fault.startup_timeout_s}; a node is lost after "
+        f"{fault.missed_reports} report(s) missed by {fault.report_timeout_s}s")  # fmt: skip
     out(f"logger: {cfg.logger.kind} mode={plan.env['WANDB_MODE']} run_id={plan.run_id} "
         f"group={plan.job_id} (rank 0 only, resume=allow)")  # fmt: skip
     out("dry run: nothing started, Ray not contacted")
@@ -315,7 +317,8 @@ def summarize(console: Console, plan: LaunchPlan, result: Any, metrics: dict | N
             f"MFU {'n/a' if mfu is None else f'{mfu:.2%}'} | restarts {restarts}",
             highlight=False,
         )
-    state = "[bold green]finished[/]" if result.ok else f"[bold red]failed[/]: {result.message}"
+    failed = f"[bold red]failed[/]: {escape(result.message)}"
+    state = "[bold green]finished[/]" if result.ok else failed
     console.print(f"{state} after {len(result.attempts)} attempt(s)")
     if result.blocklist:
         console.print(f"blocklisted node(s): {[n[:12] for n in result.blocklist]}")

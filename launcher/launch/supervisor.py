@@ -25,6 +25,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import re
 import signal
 import time
 from dataclasses import asdict, dataclass, field
@@ -33,17 +34,23 @@ from typing import Any
 
 import ray
 from rich.console import Console
+from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gosok.launcher.errors import GosokError
+from gosok.launcher.errors import GosokError, RankStartError
+from gosok.launcher.launch.monitor import GroupWatch, Verdict, WatchPolicy
 from gosok.launcher.ranks.plan import backend_for
 from gosok.launcher.ranks.warm_pool import LaunchRanks, WarmNeeds
 from gosok.launcher.ranks.workers import alive_nodes, slots_of
 from gosok.launcher.results.store import atomic_write_bytes
 
-UNREACHABLE_S = 10.0
 DRAIN_POLLS = 20
+DRAIN_TIMEOUT_S = 10.0
 EXIT_GRACE_S = 4.0
+NOT_RETRIED = ("disk_full",)  # a restart cannot help: it needs the user
+ENVIRONMENT_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError)
+RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s*")
+DISK_FULL = re.compile(r"No space left on device|ENOSPC|Errno 28|Disk quota exceeded")
 
 
 @dataclass
@@ -86,6 +93,15 @@ class AttemptOutcome:
     rank_start: dict[str, Any] = field(default_factory=dict)  # warm or fresh, and why
     rank0_beat: dict[str, Any] | None = None  # rank 0's last heartbeat (the recipe's result)
     timings: dict[str, Any] = field(default_factory=dict)  # launch.profile
+
+
+@dataclass
+class PollView:
+    """What an observer sees of one poll."""
+
+    beat0: dict[str, Any] | None  # rank 0's latest heartbeat
+    pids: dict[int, Any]  # by rank
+    ending: bool  # the attempt ends with this poll
 
 
 @dataclass
@@ -151,13 +167,14 @@ class Supervisor:
                 else:
                     same = same + 1 if outcome.signature == last_signature else 1
                     last_signature = outcome.signature
-                self._say(
-                    f"[bold red]attempt {attempt} failed[/] ({outcome.kind}): {outcome.message}"
-                )
+                why = escape(outcome.message)
+                self._say(f"[bold red]attempt {attempt} failed[/] ({outcome.kind}): {why}")
+                if outcome.kind in NOT_RETRIED:
+                    return SupervisorResult(False, self.attempts, self.blocklist, outcome.message)
                 if not outcome.infra and same >= self.fault.same_failure_limit:
                     msg = (
                         f"the same failure happened {same} time(s) in a row "
-                        f"({outcome.signature}); this looks like a config or code error, "
+                        f"({escape(outcome.signature)}); this looks like a config or code error, "
                         "not an infrastructure fault: not retrying"
                     )
                     return SupervisorResult(False, self.attempts, self.blocklist, msg)
@@ -242,26 +259,26 @@ class Supervisor:
         own nodes) before the group is torn down."""
         for _ in range(DRAIN_POLLS):
             try:
-                answers, _ = group.poll(0.0, UNREACHABLE_S)
+                reports, _ = group.poll(0.0, DRAIN_TIMEOUT_S)
             except Exception:  # noqa: BLE001  (nodes gone: what arrived is what there is)
                 return
-            if not self._record_output(answers, log_dir):
+            if not self._record_output(reports, log_dir):
                 return
 
-    def _record_output(self, answers: dict[int, dict], log_dir: Path) -> bool:
+    def _record_output(self, reports: dict[int, dict], log_dir: Path) -> bool:
         """Append each rank's new output to ``<log_dir>/rank-<r>.log`` on this machine, and
         show the tee ranks' on the terminal. True when anything arrived."""
         arrived = False
-        for rank in sorted(answers):
-            text = answers[rank].get("output") or ""
-            if not text:
-                continue
-            arrived = True
-            log_dir.mkdir(parents=True, exist_ok=True)
-            with open(log_dir / f"rank-{rank}.log", "a", encoding="utf-8") as handle:
-                handle.write(text)
-            if rank in self.spec.tee_ranks:
-                self._tee(rank, text)
+        for node in sorted(reports):
+            for rank, text in sorted(reports[node].get("output", {}).items()):
+                if not text:
+                    continue
+                arrived = True
+                log_dir.mkdir(parents=True, exist_ok=True)
+                with open(log_dir / f"rank-{rank}.log", "a", encoding="utf-8") as handle:
+                    handle.write(text)
+                if rank in self.spec.tee_ranks:
+                    self._tee(rank, text)
         return arrived
 
     def _resume_step(self) -> int | None:
@@ -275,7 +292,7 @@ class Supervisor:
         try:
             entry = CheckpointStore(directory).resume_point()
         except (OSError, ValueError) as err:
-            self._say(f"checkpoints unreadable ({err}); starting from scratch")
+            self._say(f"checkpoints unreadable ({escape(str(err))}); starting from scratch")
             return 0
         if entry is not None:
             self._say(f"resuming every rank from step {entry.step}")
@@ -308,64 +325,108 @@ class Supervisor:
             "profile": spec.profile,
             **spec.code,
         }
-        placement = group.spawn(spawn)
-        node_of = {p["rank"]: p["node_id"] for p in placement}
+        outcome = AttemptOutcome(attempt, False, "", False, started_unix=started)
+        try:
+            placement = group.spawn(spawn)
+        except (GosokError, ray.exceptions.RayError, OSError, ValueError) as err:
+            return self._spawn_failed(outcome, group, err)
+        for entry in placement:  # where each rank runs, as its node sees itself
+            info = group.rank_info[int(entry["rank"])]
+            entry.setdefault("hostname", info.get("hostname"))
+            entry.setdefault("ip", info.get("ip"))
+        outcome.placement = placement
+        node_ids = {int(i["node_rank"]): i["node_id"] for i in group.rank_info}
+        hosts = {int(i["node_rank"]): i.get("hostname", "") for i in group.rank_info}
         record = {"attempt": attempt, "placement": placement, "log_dir": str(log_dir)}
         atomic_write_bytes(log_dir / "placement.json", json.dumps(record, indent=1).encode())
-        outcome = AttemptOutcome(
-            attempt, False, "", False, placement=placement, started_unix=started
-        )
         self._say_rank_start(group, outcome)
-        world = group.world
-        steps: dict[int, int] = {}
-        changed: dict[int, float] = {}
-        spawned = time.monotonic()
+        fault = self.fault
+        watch = GroupWatch(
+            WatchPolicy(
+                world=group.world,
+                missed_reports=fault.missed_reports,
+                hang_timeout_s=fault.hang_timeout_s,
+                startup_timeout_s=fault.startup_timeout_s if spec.expect_heartbeat else None,
+            ),
+            nodes=len(node_ids),
+            now=time.monotonic(),
+        )
+        pids = {int(p["rank"]): p.get("pid") for p in placement}
         self.progress.update(self.task, status=f"running (attempt {attempt}, restarts {attempt})")
         while True:
-            answers, lost = group.poll(self.fault.poll_s, UNREACHABLE_S)
-            now = time.monotonic()
-            if spec.profile and "marks" in answers.get(0, {}):
-                outcome.timings["rank0"] = {k: answers[0][k] for k in ("marks", "spawn_unix")}
-            self._record_output(answers, log_dir)
-            if answers.get(0, {}).get("beat"):
-                outcome.rank0_beat = answers[0]["beat"]
-            for rank, answer in answers.items():
-                beat = answer["beat"]
-                if beat is None:
-                    continue
-                if outcome.first_beat_unix is None:
-                    outcome.first_beat_unix = beat["unix"]
-                if steps.get(rank) != beat["step"]:
-                    steps[rank] = beat["step"]
-                    changed[rank] = now
-            self._show(steps, answers, attempt)
-            self._notify("on_poll", attempt, group, answers)
-            outcome.last_step = min(steps.values()) if steps else None
-            if lost:
-                return self._lost(outcome, lost, node_of)
-            exits = {r: a["returncode"] for r, a in answers.items() if a["returncode"] is not None}
-            if len(exits) == world and not any(exits.values()):
+            reports, dead = group.poll(fault.poll_s, fault.report_timeout_s)
+            verdict = watch.observe(reports, dead, time.monotonic())
+            self._record_output(reports, log_dir)
+            if spec.profile:
+                marks = next((r for r in reports.values() if "marks" in r), None)
+                if marks is not None:
+                    outcome.timings["rank0"] = {k: marks[k] for k in ("marks", "spawn_unix")}
+            outcome.rank0_beat = watch.beat0 or outcome.rank0_beat
+            outcome.first_beat_unix = watch.first_beat_unix
+            outcome.last_step = watch.step
+            self._show(watch, attempt)
+            self._notify(
+                "on_poll", attempt, group,
+                PollView(watch.beat0, pids, ending=verdict is not None),
+            )  # fmt: skip
+            if verdict is None:
+                continue
+            if verdict.kind == "exit":
+                verdict = self._root_cause(group, watch, verdict)
+            outcome.ended_unix = time.time()
+            if verdict.kind == "ok":
                 outcome.ok, outcome.kind, outcome.message = True, "ok", "every rank exited 0"
-                outcome.ended_unix = time.time()
                 return outcome
-            if any(exits.values()):
-                return self._failed_exit(outcome, group, answers, node_of)
-            if steps:
-                first_change = min(changed.values())
-                ages = {r: now - changed.get(r, first_change) for r in range(world)}
-                if max(ages.values()) > self.fault.hang_timeout_s:
-                    return self._hang(outcome, group, steps, changed, first_change, node_of)
-            elif spec.expect_heartbeat and now - spawned > self.fault.startup_timeout_s:
-                outcome.kind, outcome.infra = "startup_timeout", True
-                outcome.message = (
-                    f"no rank reported a step within fault.startup_timeout_s="
-                    f"{self.fault.startup_timeout_s}"
-                )
-                outcome.ended_unix = time.time()
-                return outcome
+            if verdict.kind == "lost":
+                return self._lost(outcome, verdict, node_ids, hosts, group)
+            if verdict.kind == "exit":
+                return self._failed_exit(outcome, group, verdict)
+            if verdict.kind == "hang":
+                return self._hang(outcome, group, verdict, watch)
+            outcome.kind, outcome.infra = "startup_timeout", True
+            outcome.message = (
+                f"no rank reported a step within fault.startup_timeout_s={fault.startup_timeout_s}"
+            )
+            return outcome
 
-    def _poll(self, group: LaunchRanks) -> tuple[dict[int, dict], dict[int, str]]:
-        return group.poll(0.0, UNREACHABLE_S)
+    def _root_cause(self, group: LaunchRanks, watch: GroupWatch, verdict: Verdict) -> Verdict:
+        """A lost node makes its peers fail fast with connection errors: look again for a
+        short while so the root cause (the lost node) wins over its symptoms."""
+        deadline = time.monotonic() + EXIT_GRACE_S
+        while time.monotonic() < deadline:
+            time.sleep(0.5)
+            reports, dead = group.poll(0.0, 1.0)
+            self._record_output(reports, self.spec.log_root / f"attempt-{len(self.attempts)}")
+            if dead:
+                return Verdict("lost", lost=dead)
+            later = watch.observe(reports, {}, time.monotonic())
+            if later is not None and later.kind == "exit":
+                verdict = later
+        return verdict
+
+    def _spawn_failed(
+        self, outcome: AttemptOutcome, group: LaunchRanks, err: Exception
+    ) -> AttemptOutcome:
+        """The ranks could not be started. A node that died or went silent meanwhile is
+        infrastructure (retried elsewhere); a node that cannot run the job (no such
+        interpreter or script, no permission) is the job's environment: not retried
+        past the same-failure rule."""
+        outcome.ended_unix = time.time()
+        cause = getattr(err, "cause", None) or err
+        nodes = sorted({i["node_id"] for i in group.rank_info} & self._dead_nodes())
+        detail = str(cause).strip().splitlines()[-1] if str(cause).strip() else type(cause).__name__
+        outcome.kind = "spawn"
+        outcome.failed_node_ids = nodes
+        if isinstance(err, RankStartError) and not nodes:
+            outcome.infra = not isinstance(cause, ENVIRONMENT_ERRORS)
+            outcome.failed_node_ids = [err.node_id]  # a spare node may have what it lacks
+            outcome.message = f"{err}"
+        else:
+            outcome.infra = True
+            where = f" (node(s) {[n[:8] for n in nodes]} died)" if nodes else ""
+            outcome.message = f"starting the ranks failed{where}: {type(cause).__name__}: {detail}"
+        outcome.signature = normalised(f"spawn {type(cause).__name__}: {detail}")
+        return outcome
 
     def _say_rank_start(self, group: LaunchRanks, outcome: AttemptOutcome) -> None:
         """One line on how the ranks were started: on the first attempt, then on change."""
@@ -382,53 +443,37 @@ class Supervisor:
         for line in text.rstrip("\n").split("\n"):
             self.progress.console.print(prefix + line, markup=False, highlight=False)
 
-    def _show(self, steps: dict[int, int], answers: dict[int, dict], attempt: int) -> None:
-        beat = answers.get(0, {}).get("beat") or {}
+    def _show(self, watch: GroupWatch, attempt: int) -> None:
+        beat = watch.beat0 or {}
         status = f"restarts {attempt}"
         if "loss" in beat:
             status = (
                 f"loss {beat['loss']:.4f} | tokens/s {beat.get('tokens_per_s', 0):.0f} | {status}"
             )
-        self.progress.update(
-            self.task, completed=min(steps.values()) if steps else 0, status=status
-        )
+        self.progress.update(self.task, completed=watch.step or 0, status=status)
 
     def _dead_nodes(self) -> set[str]:
         with contextlib.suppress(Exception):
             return {n["NodeID"] for n in ray.nodes() if not n["Alive"]}
         return set()
 
-    def _lost(self, outcome: AttemptOutcome, lost: dict[int, str], node_of: dict[int, str]):
-        nodes = sorted({node_of[r] for r in lost})
+    def _lost(self, outcome, verdict: Verdict, node_ids, hosts, group) -> AttemptOutcome:
+        nodes = sorted(verdict.lost)
+        ids = [node_ids[n] for n in nodes]
         dead = self._dead_nodes()
+        ranks = [int(i["rank"]) for i in group.rank_info if int(i["node_rank"]) in verdict.lost]
         outcome.infra = True
-        outcome.kind = "node_lost" if any(n in dead for n in nodes) else "worker_lost"
-        outcome.failed_node_ids = nodes
-        outcome.message = (
-            f"rank(s) {sorted(lost)} lost ({', '.join(sorted(set(lost.values())))}) "
-            f"on node(s) {[n[:8] for n in nodes]}"
+        outcome.kind = "node_lost" if any(n in dead for n in ids) else "worker_lost"
+        outcome.failed_node_ids = ids
+        why = "; ".join(
+            f"{hosts.get(n) or 'node'} ({node_ids[n][:8]}): {verdict.lost[n]}" for n in nodes
         )
-        outcome.ended_unix = time.time()
+        outcome.message = f"rank(s) {ranks} lost with their node(s): {why}"
         return outcome
 
-    def _failed_exit(self, outcome, group, answers, node_of) -> AttemptOutcome:
-        # A lost node makes its peers fail fast with connection errors: look again for a
-        # short while so the root cause (the lost node) wins over its symptoms.
-        deadline = time.monotonic() + EXIT_GRACE_S
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            more, lost = self._poll(group)
-            answers.update(more)
-            if lost:
-                return self._lost(outcome, lost, node_of)
-        failed = [
-            (a["exit_unix"] or float("inf"), r, a["returncode"])
-            for r, a in answers.items()
-            if a["returncode"] not in (None, 0)
-        ]
-        _, rank, code = min(failed)
+    def _failed_exit(self, outcome, group, verdict: Verdict) -> AttemptOutcome:
+        rank, code = verdict.rank, verdict.code
         outcome.failed_node_ids = []
-        outcome.ended_unix = time.time()
         if code < 0:
             outcome.kind, outcome.infra = "signal", True
             outcome.message = f"rank {rank} was killed by {_signal_name(code)}"
@@ -438,14 +483,23 @@ class Supervisor:
         with contextlib.suppress(Exception):
             tail = group.log_tail(rank)
         last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
+        last = RANK_PREFIX.sub("", last)  # torch's "[rank0]: " on a rank's error output
+        outcome.signature = f"exit {code}: {normalised(last)}"
+        if DISK_FULL.search(tail):
+            outcome.kind, outcome.infra = "disk_full", False
+            outcome.message = (
+                f"rank {rank} ran out of disk space ({last}); the checkpoints already written "
+                "are intact: free space (or point checkpoint.dir elsewhere) and launch again "
+                "to resume from the latest one"
+            )
+            return outcome
         outcome.kind, outcome.infra = "exit", False
-        outcome.signature = f"exit {code}: {last}"
         outcome.message = f"rank {rank} exited with code {code}: {last or '(no output)'}"
         return outcome
 
-    def _hang(self, outcome, group, steps, changed, first_change, node_of) -> AttemptOutcome:
-        world = group.world
-        stuck = min(range(world), key=lambda r: (steps.get(r, -1), changed.get(r, first_change)))
+    def _hang(self, outcome, group, verdict: Verdict, watch: GroupWatch) -> AttemptOutcome:
+        stuck = verdict.rank
+        info = group.rank_info[stuck]
         stack = ""
         with contextlib.suppress(Exception):
             stack = group.dump_stack(stuck)
@@ -454,19 +508,27 @@ class Supervisor:
         )
         atomic_write_bytes(stack_file, (stack or "(no stack dump received)\n").encode())
         outcome.kind, outcome.infra = "hang", True
-        outcome.stuck_rank, outcome.stuck_node_id = stuck, node_of[stuck]
-        outcome.failed_node_ids = [node_of[stuck]]
+        outcome.stuck_rank, outcome.stuck_node_id = stuck, info["node_id"]
+        outcome.failed_node_ids = [info["node_id"]]
         outcome.stack_file = str(stack_file)
+        where = info.get("hostname") or info["node_id"][:8]
         outcome.message = (
-            f"no progress for {self.fault.hang_timeout_s}s: rank {stuck} on node "
-            f"{node_of[stuck][:8]} stuck at step {steps.get(stuck, 'none')}; "
-            f"stack dump in {stack_file}"
+            f"no rank made progress for {verdict.stuck_for_s:.0f}s "
+            f"(fault.hang_timeout_s={self.fault.hang_timeout_s}): rank {stuck} on {where} "
+            f"({info['node_id'][:8]}) is furthest behind; its stack is in {stack_file}"
         )
-        self._say(f"[bold yellow]hang[/]: {outcome.message}")
+        self._say(f"[bold yellow]hang[/]: {escape(outcome.message)}")
         if stack:
             self.progress.console.print(stack.rstrip(), markup=False, highlight=False)
-        outcome.ended_unix = time.time()
         return outcome
+
+
+def normalised(text: str) -> str:
+    """A failure's signature without what changes from run to run (addresses, numbers:
+    pids, ports, timestamps, ranks), so the same fault compares equal across attempts."""
+    text = re.sub(r"0x[0-9a-fA-F]+", "0x?", text)
+    text = re.sub(r"\b[0-9a-f]{8,}\b", "<id>", text)
+    return re.sub(r"\d+(\.\d+)?", "N", text).strip()
 
 
 def outcome_dicts(attempts: list[AttemptOutcome]) -> list[dict[str, Any]]:

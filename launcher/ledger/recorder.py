@@ -10,7 +10,7 @@ Use (``gosok launch``)::
 and for ``gosok bench``: ``record_bench(cfg.ledger, cfg, started, finished, exit_code)``.
 
 The supervisor calls ``on_attempt_start(attempt, started_unix)`` when it starts placing an
-attempt's ranks, ``on_poll(attempt, group, answers)`` after each poll of the ranks, and
+attempt's ranks, ``on_poll(attempt, group, view)`` after each poll of the ranks, and
 ``on_attempt_end(outcome)`` when the attempt is over. From those the recorder takes:
 
 - each attempt's start, end, cause (the outcome's kind: ``ok``, ``node_lost``, ``hang``,
@@ -260,16 +260,17 @@ class LaunchRecorder:
 
         self._guard("recording an attempt's start", run)
 
-    def on_poll(self, attempt: int, group: Any, answers: Mapping[int, Mapping[str, Any]]) -> None:
+    def on_poll(self, attempt: int, group: Any, view: Any) -> None:
+        """``view``: ``supervisor.PollView`` (rank 0's beat, pids by rank, ending)."""
+
         def run() -> None:
             state = self._attempt
             if state is None or state.number != attempt:
                 state = self._attempt = _Attempt(attempt, time.time())
-            beat = (answers.get(0) or {}).get("beat")
-            if beat:
-                self._beat(state, beat)
+            if view.beat0:
+                self._beat(state, view.beat0)
             if group is not None:
-                self._sample(state, group, answers)
+                self._sample(state, group, view)
 
         self._guard("reading a heartbeat", run)
 
@@ -389,7 +390,7 @@ class LaunchRecorder:
                 )
             )
 
-    def _sample(self, state: _Attempt, group: Any, answers: Mapping[int, Any]) -> None:
+    def _sample(self, state: _Attempt, group: Any, view: Any) -> None:
         now = time.monotonic()
         actors = list(group.actors)
         if not state.sampling:
@@ -398,9 +399,9 @@ class LaunchRecorder:
             node_of = {int(info["rank"]): info.get("node_id") for info in infos}
             for rank, label in node_labels(infos).items():
                 pids = [
-                    int(answer["pid"])
-                    for other, answer in answers.items()
-                    if answer.get("pid") and node_of.get(other) == node_of[rank]
+                    int(pid)
+                    for other, pid in view.pids.items()
+                    if pid and node_of.get(other) == node_of[rank]
                 ]
                 actor = actors[rank]
                 try:
@@ -412,12 +413,7 @@ class LaunchRecorder:
         self._collect(state, wait_s=0.0)
         if state.stopped or not state.leaders:
             return
-        codes = [answer.get("returncode") for answer in answers.values()]
-        ending = (
-            len(answers) < len(actors)
-            or any(code not in (None, 0) for code in codes)
-            or all(code is not None for code in codes)
-        )
+        ending = view.ending
         if not ending and now - state.last_drain < max(self.interval_s, MIN_DRAIN_EVERY_S):
             return
         waiting = set(state.pending.values())

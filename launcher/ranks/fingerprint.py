@@ -17,7 +17,7 @@ from typing import Any
 from gosok.launcher.config.secrets import current
 
 
-def _cpu_model() -> str:
+def cpu_model() -> str:
     try:
         with open("/proc/cpuinfo") as handle:
             for line in handle:
@@ -78,7 +78,7 @@ def node_fingerprint(ctx: Any = None) -> dict[str, Any]:
     info: dict[str, Any] = {
         "hostname": socket.gethostname(),
         "platform": platform.platform(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         **software_versions(),
         "gpus": [],
@@ -100,7 +100,7 @@ def node_fingerprint(ctx: Any = None) -> dict[str, Any]:
 def driver_fingerprint() -> dict[str, Any]:
     return {
         "hostname": socket.gethostname(),
-        "cpu_model": _cpu_model(),
+        "cpu_model": cpu_model(),
         "cpu_count": os.cpu_count(),
         "argv": [current().text(a) for a in sys.argv],
         **software_versions(),

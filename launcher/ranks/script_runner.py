@@ -38,6 +38,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
+from gosok.launcher.ranks import progress
 from gosok.launcher.ranks.heartbeat import read_beat
 
 PR_SET_PDEATHSIG = 1
@@ -80,6 +81,7 @@ def main(argv: list[str]) -> None:
     _die_with_parent()
     _arm_stack_dump()
     _arm_profile()
+    progress.install()
     if not argv:
         sys.exit(f"usage: python -m {RUNNER_MODULE} <script.py | --module mod> args")
     if argv[0] == "--module":
@@ -136,6 +138,7 @@ def rank_files(log_dir: str, rank: int) -> dict[str, str]:
         "beat": f"{base}.beat",
         "stack": f"{base}.stack.txt",
         "marks": f"{base}.profile.jsonl",
+        "progress": f"{base}.progress",
     }
 
 
@@ -153,7 +156,7 @@ def spawn_rank(
     from a thread when the child has ended."""
     files = rank_files(spec["log_dir"], ctx.rank)
     argv, cwd = shipped(spec)
-    for key in ("log", "beat", "stack", "marks"):
+    for key in ("log", "beat", "stack", "marks", "progress"):
         Path(files[key]).unlink(missing_ok=True)
     from gosok.launcher.config.secrets import is_secret_name
 
@@ -167,6 +170,7 @@ def spawn_rank(
         GOSOK_HEARTBEAT_FILE=files["beat"],
         GOSOK_STACK_FILE=files["stack"],
         GOSOK_RANK_LOG=files["log"],
+        GOSOK_PROGRESS_FILE=files["progress"],
         PYTHONUNBUFFERED="1",
     )
     if spec.get("profile"):
@@ -274,6 +278,7 @@ def poll_rank(ctx: Any) -> dict[str, Any]:
         "returncode": returncode,
         "exit_unix": (state["exit_unix"] or time.time()) if returncode is not None else None,
         "beat": read_beat(state["files"]["beat"]),
+        "progress": read_beat(state["files"]["progress"]),
         "output": _read_new_output(state),
     }
     if state.get("profile"):

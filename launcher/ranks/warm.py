@@ -79,7 +79,7 @@ Decisions:
 * ``gc.freeze()`` after the preload keeps the preloaded heap shared copy-on-write.
 
 stdlib only: nothing from gosok is imported here, so the module keeps working while the
-package around it moves.
+package around it moves; a child loads ``progress.py`` (stdlib only) to watch itself.
 """
 
 from __future__ import annotations
@@ -1174,6 +1174,10 @@ def _child_runtime(env: Mapping[str, str], stack_file: str | None) -> None:
     if env.get(PROFILE_ENV):
         mark(env[PROFILE_ENV], "start", warm=True)
         arm_profile(env[PROFILE_ENV], warm=True)
+    with contextlib.suppress(ImportError):  # the one gosok module a child loads
+        from gosok.launcher.ranks import progress
+
+        progress.install(env)
 
 
 def _run_main(argv: list[str], stack_file: str | None) -> int:

@@ -29,7 +29,7 @@ Use (the supervisor does this once per attempt)::
     ranks.start()                          # placement (+ holders), or fresh rank actors
     print(ranks.start_line())              # "ranks: warm start ..." / "ranks: fresh ..."
     placement = ranks.spawn(spawn_spec)    # one dict per rank
-    answers, lost = ranks.poll(wait_s=0.5) # returns early when a rank exits (warm)
+    reports, dead = ranks.poll(wait_s=0.5) # one report per node; early when a rank exits
     ranks.stop_ranks(); ranks.shutdown()
 """
 
@@ -56,8 +56,9 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gosok.launcher.cluster.local import SLOT_RESOURCE, free_port
-from gosok.launcher.errors import ClusterMismatchError, CollectiveTimeoutError
-from gosok.launcher.ranks import script_runner, warm
+from gosok.launcher.errors import ClusterMismatchError, CollectiveTimeoutError, RankStartError
+from gosok.launcher.ranks import node_report, progress, script_runner, warm
+from gosok.launcher.ranks.node_report import NodeReporter
 from gosok.launcher.ranks.plan import NodeSlot, Plan, backend_for, make_plan
 from gosok.launcher.ranks.workers import (
     NODE_ID_LABEL,
@@ -69,13 +70,14 @@ from gosok.launcher.ranks.workers import (
 
 NAMESPACE = "gosok"
 HOLDER_PREFIX = "gosok-warm-"
-HOLDER_VERSION = 2
+HOLDER_VERSION = 3
 HOLDER_CONCURRENCY = 32
 WATCH_EVERY_S = 1.0
 LEASE_S = 60.0  # a job whose driver is silent this long is killed (backstop of the PG check)
 MAX_SERVERS = 3  # per node: script (torch), recipe, recipe + DeepSpeed
 PREPARE_TIMEOUT_S = 600.0  # a first preload of torch + DeepSpeed on a busy node
 UNREACHABLE_S = 10.0
+REPORT_TIMEOUT_S = 5.0
 STOP_GRACE_S = 2.0
 IMPORT_ENV_KEYS = ("DS_ACCELERATOR",)  # read by preloaded modules when they are imported
 
@@ -106,7 +108,7 @@ def holder_name(node_id: str) -> str:
 def _code_fingerprint() -> str:
     """sha256 of the sources a holder runs, so a holder left by an older gosok is noticed."""
     digest = hashlib.sha256()
-    for module in (warm, script_runner, sys.modules[__name__]):
+    for module in (warm, script_runner, node_report, progress, sys.modules[__name__]):
         with contextlib.suppress(OSError, TypeError):
             digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
@@ -132,6 +134,8 @@ class _Job:
     last_seen: float = field(default_factory=time.monotonic)
     lease_s: float = LEASE_S
     sampler: Any = None
+    reporter: NodeReporter = field(default_factory=NodeReporter)
+    report_lock: threading.Lock = field(default_factory=threading.Lock)
 
 
 @ray.remote(num_cpus=0)
@@ -344,18 +348,21 @@ class WarmHolder:
                 job.last_seen = time.monotonic()
             return job
 
-    def poll(self, job_key: str, wait_s: float = 0.0) -> list[dict[str, Any]]:
-        """Every rank's state (``script_runner.poll_rank``); waits up to ``wait_s`` for a
-        rank of the job to end first."""
+    def report(self, job_key: str, wait_s: float = 0.0) -> dict[str, Any] | None:
+        """One report on all of this node's ranks of the job (``node_report.py``), None when
+        the job is unknown here; waits up to ``wait_s`` for a rank of the job to end first."""
         job = self._job(job_key)
         if job is None:
-            return []
+            return None
         job.lease_s = max(LEASE_S, 10 * wait_s + UNREACHABLE_S)  # a driver polling slowly
         if wait_s > 0 and not job.wake.is_set():
             job.wake.wait(wait_s)
         job.wake.clear()
         self._job(job_key)
-        return [script_runner.poll_rank(slot) for slot in list(job.slots.values())]
+        with job.report_lock:
+            for slot in list(job.slots.values()):
+                job.reporter.add(script_runner.poll_rank(slot))
+            return job.reporter.report()
 
     def log_tail(self, job_key: str, rank: int, lines: int = 20) -> str:
         job = self._job(job_key)
@@ -528,6 +535,7 @@ class WarmRanks:
         self.timings: dict[str, float] = {}
         self.servers_started = 0
         self._spawned = False
+        self._asking: dict[Any, int] = {}  # report requests out: ref -> node rank
 
     @property
     def world(self) -> int:
@@ -672,28 +680,32 @@ class WarmRanks:
         return sorted(placement, key=lambda p: p["rank"])
 
     def poll(
-        self, wait_s: float = 0.0, unreachable_s: float = UNREACHABLE_S
+        self, wait_s: float = 0.0, report_timeout_s: float = REPORT_TIMEOUT_S
     ) -> tuple[dict[int, dict], dict[int, str]]:
+        """One report per node (by node rank) that answered within ``wait_s +
+        report_timeout_s``, and the nodes whose holder is gone (why). A node missing from
+        both missed this report; its request stays out and is read on a later poll."""
         assert self.plan is not None
-        refs = {h.poll.remote(self.job_key, wait_s): i for i, h in enumerate(self.holders)}
-        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=wait_s + unreachable_s)
-        answers: dict[int, dict] = {}
-        lost: dict[int, str] = {}
+        asked = set(self._asking.values())
+        for index, holder in enumerate(self.holders):
+            if index not in asked:
+                self._asking[holder.report.remote(self.job_key, wait_s)] = index
+        refs = list(self._asking)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s + report_timeout_s)
+        reports: dict[int, dict] = {}
+        dead: dict[int, str] = {}
         for ref in ready:
-            node_rank = refs[ref]
+            index = self._asking.pop(ref)
             try:
-                for answer in ray.get(ref):
-                    answers[answer["rank"]] = answer
+                report = ray.get(ref)
             except ray.exceptions.RayError as err:
-                for spec in self.plan.ranks_on_node(node_rank):
-                    lost[spec.rank] = type(err).__name__
-        for ref in pending:
-            for spec in self.plan.ranks_on_node(refs[ref]):
-                lost[spec.rank] = f"no answer in {unreachable_s:.0f}s"
-        for spec in self.plan.ranks:  # a holder that lost track of the job lost its ranks
-            if spec.rank not in answers and spec.rank not in lost:
-                lost[spec.rank] = "the node's warm holder no longer knows the job"
-        return answers, lost
+                dead[index] = f"its holder is gone ({type(err).__name__})"
+                continue
+            if report is None:
+                dead[index] = "its warm holder no longer knows the job"
+            else:
+                reports[index] = report
+        return reports, dead
 
     def _holder_of(self, rank: int) -> Any:
         assert self.plan is not None
@@ -744,6 +756,9 @@ class ActorRanks:
         )
         self.timings: dict[str, float] = {}
         self._spawned = False
+        self._asking: dict[Any, int] = {}  # poll requests out: ref -> rank
+        self._reporters: dict[int, NodeReporter] = {}  # by node rank
+        self._node_of: dict[int, int] = {}  # rank -> node rank
 
     @property
     def actors(self) -> list[Any]:
@@ -767,27 +782,50 @@ class ActorRanks:
         started = time.perf_counter()
         refs = [a.call.remote(script_runner.spawn_rank, spec) for a in self.actors]
         self._spawned = True
-        placement = ray.get(refs, timeout=60)
+        placement = []
+        for rank, ref in enumerate(refs):
+            try:
+                placement.append(ray.get(ref, timeout=60))
+            except ray.exceptions.RayTaskError as err:
+                info = self.rank_info[rank]
+                cause = getattr(err, "cause", None) or err
+                raise RankStartError(
+                    rank, info["node_id"], info.get("hostname", ""), cause
+                ) from err
         self.timings["spawn_s"] = time.perf_counter() - started
         return placement
 
     def poll(
-        self, wait_s: float = 0.0, unreachable_s: float = UNREACHABLE_S
+        self, wait_s: float = 0.0, report_timeout_s: float = REPORT_TIMEOUT_S
     ) -> tuple[dict[int, dict], dict[int, str]]:
+        """As ``WarmRanks.poll``; here the driver asks every rank's actor and folds the
+        answers into per-node reports itself (one call per rank: the fallback path)."""
         if wait_s > 0:
             time.sleep(wait_s)
-        refs = {a.call.remote(script_runner.poll_rank): r for r, a in enumerate(self.actors)}
-        ready, pending = ray.wait(list(refs), num_returns=len(refs), timeout=unreachable_s)
-        answers: dict[int, dict] = {}
-        lost: dict[int, str] = {}
+        node_of = self._node_of = self._node_of or {
+            int(i["rank"]): int(i["node_rank"]) for i in self.rank_info
+        }
+        asked = set(self._asking.values())
+        for rank, actor in enumerate(self.actors):
+            if rank not in asked:
+                self._asking[actor.call.remote(script_runner.poll_rank)] = rank
+        refs = list(self._asking)
+        ready, _ = ray.wait(refs, num_returns=len(refs), timeout=report_timeout_s)
+        answered: set[int] = set()
+        dead: dict[int, str] = {}
         for ref in ready:
+            rank = self._asking.pop(ref)
             try:
-                answers[refs[ref]] = ray.get(ref)
+                answer = ray.get(ref)
             except ray.exceptions.RayError as err:
-                lost[refs[ref]] = type(err).__name__
-        for ref in pending:
-            lost[refs[ref]] = f"no answer in {unreachable_s:.0f}s"
-        return answers, lost
+                dead[node_of[rank]] = f"rank {rank}'s actor is gone ({type(err).__name__})"
+                continue
+            self._reporters.setdefault(node_of[rank], NodeReporter()).add(answer)
+            answered.add(rank)
+        waiting = {node_of[r] for r in self._asking.values()}
+        heard = {node_of[r] for r in answered} - waiting - set(dead)
+        reports = {node: self._reporters[node].report() for node in heard}
+        return reports, dead
 
     def log_tail(self, rank: int) -> str:
         return ray.get(self.actors[rank].call.remote(script_runner.log_tail), timeout=5)
@@ -893,8 +931,8 @@ class LaunchRanks:
             self._fall_back(err)
             return self.impl.spawn(spec)
 
-    def poll(self, wait_s: float = 0.0, unreachable_s: float = UNREACHABLE_S):
-        return self.impl.poll(wait_s, unreachable_s)
+    def poll(self, wait_s: float = 0.0, report_timeout_s: float = REPORT_TIMEOUT_S):
+        return self.impl.poll(wait_s, report_timeout_s)
 
     def log_tail(self, rank: int) -> str:
         return self.impl.log_tail(rank)

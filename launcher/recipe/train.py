@@ -15,8 +15,10 @@ from __future__ import annotations
 
 import argparse
 import contextlib
+import errno
 import json
 import os
+import shutil
 import time
 from pathlib import Path
 from typing import Any
@@ -24,7 +26,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gosok.launcher.launch.checkpoint import CheckpointStore, load_state
+from gosok.launcher.launch.checkpoint import CheckpointStore, disk_full, load_state
 from gosok.launcher.launch.wandb_logger import RankZeroLogger
 from gosok.launcher.ranks.heartbeat import beat
 from gosok.launcher.recipe.data import MarkovData
@@ -109,18 +111,26 @@ class Trainer:
             store.begin(step)
         dist.barrier()
         tmp = store.tmp_path(step)
-        if self.strategy == "deepspeed":
-            self.engine.save_checkpoint(str(tmp), tag="ds", save_latest=False)
-        elif self.strategy == "fsdp":
-            from torch.distributed.checkpoint.state_dict import get_state_dict
+        try:
+            if self.strategy == "deepspeed":
+                self.engine.save_checkpoint(str(tmp), tag="ds", save_latest=False)
+            elif self.strategy == "fsdp":
+                from torch.distributed.checkpoint.state_dict import get_state_dict
 
-            model_sd, optim_sd = get_state_dict(self.model, self.optim)
-            torch.save({"model": model_sd, "optim": optim_sd}, tmp / f"shard-{rank}.pt")
-            os.chmod(tmp / f"shard-{rank}.pt", 0o600)
-        elif rank == 0:
-            state = {"model": self.model.module.state_dict(), "optim": self.optim.state_dict()}
-            torch.save(state, tmp / "state.pt")
-            os.chmod(tmp / "state.pt", 0o600)
+                model_sd, optim_sd = get_state_dict(self.model, self.optim)
+                torch.save({"model": model_sd, "optim": optim_sd}, tmp / f"shard-{rank}.pt")
+                os.chmod(tmp / f"shard-{rank}.pt", 0o600)
+            elif rank == 0:
+                state = {"model": self.model.module.state_dict(), "optim": self.optim.state_dict()}
+                torch.save(state, tmp / "state.pt")
+                os.chmod(tmp / "state.pt", 0o600)
+        except (OSError, RuntimeError) as err:  # torch.save says RuntimeError on a full disk
+            full = disk_full(store.root, err)
+            # Free what was written of this step; the committed checkpoints are untouched.
+            shutil.rmtree(tmp, ignore_errors=True)
+            if full is None:
+                raise
+            raise OSError(errno.ENOSPC, f"writing checkpoint step {step}: {full}") from err
         dist.barrier()
         if rank == 0:
             store.commit(step, meta)

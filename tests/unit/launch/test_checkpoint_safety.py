@@ -90,3 +90,15 @@ def test_resume_is_decided_once_and_ranks_verify_only_their_files(tmp_path, monk
         resume_entry(store, ["shard-1.pt"])
     monkeypatch.setenv(RESUME_ENV, "0")
     assert resume_entry(store, ["shard-0.pt"]) is None
+
+
+def test_a_full_disk_is_told_apart_from_other_write_errors(tmp_path):
+    import errno
+
+    from gosok.launcher.launch.checkpoint import disk_full
+
+    said = disk_full(tmp_path, OSError(errno.ENOSPC, "No space left on device"))
+    assert said.startswith(f"No space left on device: {tmp_path}") and "MiB free of" in said
+    # torch.save reports a full disk as a RuntimeError; a roomy disk means another cause
+    assert disk_full(tmp_path, RuntimeError("unexpected pos 576 vs 534")) is None
+    assert disk_full(tmp_path, PermissionError(errno.EACCES, "denied")) is None

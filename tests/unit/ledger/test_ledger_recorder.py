@@ -121,7 +121,8 @@ def outcome(attempt, ok, kind, started, ended, last_step, first_beat=None):
 
 
 def beat(step, unix, **extra):
-    return {0: {"beat": {"step": step, "unix": unix, "loss": 1.0, **extra}, "returncode": None}}
+    view = {"step": step, "unix": unix, "loss": 1.0, **extra}
+    return SimpleNamespace(beat0=view, pids={}, ending=False)
 
 
 def saves(count, seconds, unix=None):
@@ -197,7 +198,7 @@ def test_a_broken_ledger_prints_one_line_and_never_raises(tmp_path):
     said = []
     recorder = LaunchRecorder(settings(path), base_job_id="j", cluster=CLUSTER, say=said.append)
     recorder.on_attempt_start(0, time.time())
-    recorder.on_poll(0, None, {0: {"beat": {"step": "garbage"}}})
+    recorder.on_poll(0, None, SimpleNamespace(beat0={"step": "garbage"}, pids={}, ending=False))
     recorder.on_attempt_end(outcome(0, True, "ok", time.time(), time.time(), 1))
     recorder.finish(True)
     assert len(said) == 1 and said[0].startswith("ledger: ") and "job goes on" in said[0]
