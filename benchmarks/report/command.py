@@ -131,21 +131,31 @@ def _render(argv: list[str]) -> int:
 # --- verify and sign ------------------------------------------------------------------------
 
 
+def _trust_options(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("--public-key", action="append", metavar="PUB")
+    parser.add_argument("--nonce", action="append")
+
+
+def _assessed(args: argparse.Namespace) -> list[Any]:
+    """Every results file of ``args`` loaded and assessed against the keys and nonces
+    given (``InputError`` when a key, nonce or file cannot be read)."""
+    keys = load_public_keys(args.public_key)
+    nonces = check_nonces(args.nonce)
+    loaded = [(path, *load_input(path)) for path in args.results]
+    return [assess(path, doc, sealed, keys, nonces) for path, doc, sealed in loaded]
+
+
 def _verify(argv: list[str]) -> int:
     parser = _Parser(prog="gosok report verify", usage=USAGE)
     parser.add_argument("results", nargs="+")
-    parser.add_argument("--public-key", action="append", metavar="PUB")
-    parser.add_argument("--nonce", action="append")
+    _trust_options(parser)
     args = parser.parse_args(argv)
     try:
-        keys = load_public_keys(args.public_key)
-        nonces = check_nonces(args.nonce)
-        loaded = [(path, *load_input(path)) for path in args.results]
+        verdicts = _assessed(args)
     except InputError as err:
         return _fail(" verify", str(err))
     status = 0
-    for path, doc, sealed in loaded:
-        verdict = assess(path, doc, sealed, keys, nonces)
+    for verdict in verdicts:
         print("\n".join(verdict.lines()))
         if verdict.malformed:
             status = 2
@@ -286,21 +296,15 @@ def _audit(argv: list[str]) -> int:
     parser = _Parser(prog="gosok report audit", usage=USAGE)
     parser.add_argument("results", nargs="+")
     parser.add_argument("--out-dir", required=True)
-    parser.add_argument("--public-key", action="append", metavar="PUB")
-    parser.add_argument("--nonce", action="append")
+    _trust_options(parser)
     args = parser.parse_args(argv)
     try:
-        keys = load_public_keys(args.public_key)
-        nonces = check_nonces(args.nonce)
-        loaded = [(path, *load_input(path)) for path in args.results]
+        assessments = _assessed(args)
     except InputError as err:
         return _fail(" audit", str(err))
-    assessments = []
-    for path, doc, sealed in loaded:
-        verdict = assess(path, doc, sealed, keys, nonces)
+    for verdict in assessments:
         if verdict.malformed:
-            return _fail(" audit", f"{path}: {verdict.rederived.malformed}")
-        assessments.append(verdict)
+            return _fail(" audit", f"{verdict.path}: {verdict.rederived.malformed}")
     try:
         written = write_audit(assessments, Path(args.out_dir))
     except OSError as err:

@@ -158,7 +158,7 @@ def _node_command(
     role: str, head_address: str, port: int, cluster: Any, temp_dir: str, ip: str
 ) -> list[str]:
     local = cluster.local
-    own_ports = local.isolation == "netns" and role != "head"  # a host of its own
+    own_ports = cluster.isolation == "netns" and role != "head"  # a host of its own
     cmd = [
         sys.executable,
         "-m",
@@ -211,7 +211,7 @@ def start(cluster: Any, tries: int = 2) -> LocalClusterState:
 
 
 def _start_once(cluster: Any) -> LocalClusterState:
-    isolation = cluster.local.isolation
+    isolation = cluster.isolation
     net = NetnsNetwork.for_cluster(cluster.name, cluster.nodes) if isolation == "netns" else None
     ip = net.head_ip if net else cluster.local.node_ip
     if net:

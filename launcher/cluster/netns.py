@@ -1,5 +1,5 @@
 """Local cluster nodes that are separate hosts: each worker node of ``cluster=local
-cluster.local.isolation=netns`` runs in its own network namespace (own IP on a bridge
+cluster.isolation=netns`` runs in its own network namespace (own IP on a bridge
 private to this machine), its own UTS namespace (own hostname) and its own mount
 namespace (a private ``/tmp``). The head node is this machine, on the bridge's address,
 so the user's command is the driver. ``shared_dir(name)`` stands for the shared storage
@@ -146,8 +146,9 @@ def environment_paths() -> list[Path]:
     return [Path(sys.prefix), code, *(Path(p) for p in sys.path if p)]
 
 
-def shared_dir(state_dir: Path, name: str) -> Path:
+def shared_dir(state_dir: Path, name: str, create: bool = True) -> Path:
     """The directory standing for the cluster's shared storage (same path on every node)."""
     path = state_dir / "shared" / name
-    path.mkdir(parents=True, exist_ok=True)
+    if create:
+        path.mkdir(parents=True, exist_ok=True)
     return path

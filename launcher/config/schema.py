@@ -50,10 +50,6 @@ class LocalRayConfig:
     cpus_per_node: int = 1
     object_store_bytes: int = 100_000_000
     start_timeout_s: float = 60.0
-    #: none: every node on loopback (127.0.0.2), sharing this machine's network, hostname
-    #: and /tmp. netns (root): each worker node in its own network, UTS and mount
-    #: namespace — its own IP on a private bridge, hostname and /tmp — like separate hosts.
-    isolation: str = "none"
 
 
 @dataclass
@@ -68,6 +64,11 @@ class ClusterConfig:
     gpus_per_node: int = 2  # rank slots per node (GPUs on a GPU cluster)
     spare_nodes: int = 0
     address: str | None = None  # Ray address (host:port) for kind=existing
+    #: kind=local only. none: every node on loopback (127.0.0.2), sharing this machine's
+    #: network, hostname and /tmp. netns (root): each worker node in its own network, UTS
+    #: and mount namespace (its own IP on a private bridge, hostname and /tmp), like
+    #: separate hosts, with one shared directory standing for the cluster's shared storage.
+    isolation: str = "none"
     local: LocalRayConfig = field(default_factory=LocalRayConfig)
     note: str = ""
 

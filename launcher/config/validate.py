@@ -93,13 +93,13 @@ def validate_cluster(cluster: Any, prefix: str = "cluster") -> list[str]:
             f"{prefix}.local.object_store_bytes", local.object_store_bytes, 78_643_200, 1 << 40
         )
         problems += timeout(f"{prefix}.local.start_timeout_s", local.start_timeout_s)
-        problems += one_of(f"{prefix}.local.isolation", local.isolation, ("none", "netns"))
-        if local.isolation == "netns":
+        problems += one_of(f"{prefix}.isolation", cluster.isolation, ("none", "netns"))
+        if cluster.isolation == "netns":
             from gosok.launcher.cluster.netns import problem
 
             reason = problem()
             if reason:
-                problems.append(f"{prefix}.local.isolation=netns is not possible here: {reason}")
+                problems.append(f"{prefix}.isolation=netns is not possible here: {reason}")
         else:
             problems += loopback_problems(f"{prefix}.local.node_ip", local.node_ip)
         if not 0 <= local.port <= 65535:

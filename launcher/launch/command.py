@@ -63,11 +63,11 @@ RECIPE_ENV = "GOSOK_RECIPE_CONFIG"
 def default_checkpoint_root(cluster: Any, run_dir: Path, run_id: str) -> Path:
     """Where checkpoints go unless checkpoint.dir says: the run dir, or on a local cluster
     whose nodes are separate hosts, the directory standing for its shared storage."""
-    if cluster.kind == "local" and cluster.local.isolation == "netns":
+    if cluster.kind == "local" and cluster.isolation == "netns":
         from gosok.launcher.cluster.local import state_dir
         from gosok.launcher.cluster.netns import shared_dir
 
-        return shared_dir(state_dir(), cluster.name) / run_id / "checkpoints"
+        return shared_dir(state_dir(), cluster.name, create=False) / run_id / "checkpoints"
     return run_dir / "checkpoints"
 
 

@@ -8,9 +8,9 @@ or a definitive death (its holder or actor is gone). The watch decides:
 - ``lost``: a node is dead, or missed ``missed_reports`` reports in a row;
 - ``ok``: every rank exited 0;
 - ``exit``: a rank exited non-zero (the earliest one);
-- ``hang``: armed (a heartbeat or a collective was seen) and no running rank moved for
-  ``hang_timeout_s``; the stuck rank is the one furthest behind (``behind_key``). Ranks
-  that finished are not watched;
+- ``hang``: armed (a job that beats: its first beat; any other: its first collective)
+  and no running rank moved for ``hang_timeout_s``; the stuck rank is the one furthest
+  behind (``behind_key``). Ranks that finished are not watched;
 - ``startup_timeout``: a job that beats has not beaten within ``startup_timeout_s``.
 
 Work per poll: one step per node, plus one per rank that exited or printed.
@@ -87,7 +87,12 @@ class GroupWatch:
         if len(self.exited) == self.policy.world:
             return Verdict("ok")
         stalled = now - self.moved_at
-        if self.armed and stalled > self.policy.hang_timeout_s:
+        # A job that beats is watched from its first beat (before it, start-up work such
+        # as a DeepSpeed build may sit in one call for minutes: startup_timeout_s covers
+        # it); any other job from its first collective.
+        beats = self.policy.startup_timeout_s is not None
+        armed = self.first_beat_unix is not None if beats else self.armed
+        if armed and stalled > self.policy.hang_timeout_s:
             behinds = [n.behind for n in self.nodes if n.behind is not None]
             if behinds:
                 stuck = min(behinds, key=lambda b: b["key"])

@@ -325,6 +325,32 @@ def trailing_idle(
     return kept
 
 
+class SamplingSlot:
+    """The sampler one node keeps for one job (a rank actor's, a warm holder's): started
+    once, drained until stopped; every call is a no-op when none runs."""
+
+    def __init__(self) -> None:
+        self.sampler: UtilSampler | None = None
+
+    def start(
+        self, interval_s: float, node: str, cluster: str, job_id: str, pids: Any = None
+    ) -> None:
+        if self.sampler is None:
+            self.sampler = UtilSampler(
+                interval_s, node, cluster=cluster, job_id=job_id, pids=pids
+            ).start()
+
+    def drain(self, stop: bool = False) -> list[dict[str, Any]]:
+        """The samples taken since the last drain; ``stop`` ends the sampling."""
+        sampler = self.sampler
+        if sampler is None:
+            return []
+        if stop:
+            self.sampler = None
+            return sampler.stop()
+        return sampler.drain()
+
+
 class IdleTracker:
     """Idle spans over samples that arrive in batches (a watcher's flushes, a launch's
     drains): each span is returned once, when a busy sample ends it or at ``final``."""

@@ -1,5 +1,6 @@
-"""How ``gosok launch`` starts its ranks: forked from a warm server on each node (the
-default), or as fresh interpreters, one per rank actor (``launch.fresh_process=true``).
+"""How ``gosok launch`` starts and watches its ranks: forked from a warm server on each
+node (the default), or as fresh interpreters (``launch.fresh_process=true``, and the
+fallback), in both cases started and watched by one holder per node.
 
 Warm start: every node has one long-lived holder, a detached Ray actor named
 ``gosok-warm-<node id>`` (namespace ``gosok``) pinned to its node, that keeps a warm
@@ -20,13 +21,18 @@ when the job's placement group is removed -- which Ray does when the driver exit
 both paths use the same node-side functions (``script_runner.py``).
 
 When a warm server cannot serve a job (``job.python`` is another interpreter, ``job.env``
-sets an interpreter start-up variable such as PYTHONPATH, a preload fails, part of a GPU
-node is allocated), the launch falls back to fresh ranks and says why in one line.
+sets an interpreter start-up variable such as PYTHONPATH, a preload fails), the holders
+start fresh interpreters instead and the launch says why in one line. Only when part of a
+GPU node is allocated (the GPU ids are Ray's to give, per actor) does each rank get its
+own actor (``ActorRanks``), polled one call per rank.
+
+Each poll asks every node's holder once; it answers for all of its ranks in one report
+(``node_report.py``): exit codes, progress, new output.
 
 Use (the supervisor does this once per attempt)::
 
     ranks = LaunchRanks(cluster, env, needs=WarmNeeds(preload=("torch",)), timeout_s=120)
-    ranks.start()                          # placement (+ holders), or fresh rank actors
+    ranks.start()                          # placement group + the nodes' holders
     print(ranks.start_line())              # "ranks: warm start ..." / "ranks: fresh ..."
     placement = ranks.spawn(spawn_spec)    # one dict per rank
     reports, dead = ranks.poll(wait_s=0.5) # one report per node; early when a rank exits
@@ -37,6 +43,8 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
+import dataclasses
+import functools
 import hashlib
 import os
 import re
@@ -57,6 +65,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gosok.launcher.cluster.local import SLOT_RESOURCE, free_port
 from gosok.launcher.errors import ClusterMismatchError, CollectiveTimeoutError, RankStartError
+from gosok.launcher.ledger.sampler import SamplingSlot
 from gosok.launcher.ranks import node_report, progress, script_runner, warm
 from gosok.launcher.ranks.node_report import NodeReporter
 from gosok.launcher.ranks.plan import NodeSlot, Plan, backend_for, make_plan
@@ -70,7 +79,7 @@ from gosok.launcher.ranks.workers import (
 
 NAMESPACE = "gosok"
 HOLDER_PREFIX = "gosok-warm-"
-HOLDER_VERSION = 3
+HOLDER_VERSION = 4
 HOLDER_CONCURRENCY = 32
 WATCH_EVERY_S = 1.0
 LEASE_S = 60.0  # a job whose driver is silent this long is killed (backstop of the PG check)
@@ -79,7 +88,11 @@ PREPARE_TIMEOUT_S = 600.0  # a first preload of torch + DeepSpeed on a busy node
 UNREACHABLE_S = 10.0
 REPORT_TIMEOUT_S = 5.0
 STOP_GRACE_S = 2.0
-IMPORT_ENV_KEYS = ("DS_ACCELERATOR",)  # read by preloaded modules when they are imported
+IMPORT_ENV_KEYS = ("DS_ACCELERATOR",)
+# What a node's failure to start a fresh rank was, rebuilt on the driver.
+ENVIRONMENT_ERRORS = {
+    e.__name__: e for e in (FileNotFoundError, PermissionError, NotADirectoryError)
+}  # read by preloaded modules when they are imported
 
 
 class WarmUnavailable(Exception):
@@ -94,6 +107,7 @@ class WarmNeeds:
     preload: tuple[str, ...] = ("torch",)
     import_env: tuple[tuple[str, str], ...] = ()
     python: str = sys.executable
+    fresh: bool = False  # the holder starts each rank as a fresh interpreter instead
 
     @classmethod
     def for_job(cls, argv: list[str], env: dict[str, str], preload: tuple[str, ...]) -> WarmNeeds:
@@ -133,7 +147,7 @@ class _Job:
     wake: threading.Event = field(default_factory=threading.Event)
     last_seen: float = field(default_factory=time.monotonic)
     lease_s: float = LEASE_S
-    sampler: Any = None
+    sampling: SamplingSlot = field(default_factory=SamplingSlot)
     reporter: NodeReporter = field(default_factory=NodeReporter)
     report_lock: threading.Lock = field(default_factory=threading.Lock)
 
@@ -155,6 +169,7 @@ class WarmHolder:
         # Servers die with the thread that started them (PR_SET_PDEATHSIG): one thread
         # that lives as long as this holder starts them all.
         self._starter = concurrent.futures.ThreadPoolExecutor(1, "gosok-warm-start")
+        self._spawner = concurrent.futures.ThreadPoolExecutor(1, "gosok-fresh-start")
         threading.Thread(target=self._watch, name="gosok-warm-watch", daemon=True).start()
 
     # -- facts
@@ -193,6 +208,8 @@ class WarmHolder:
         return {**facts, **self._prepare(needs, job_env)}
 
     def _prepare(self, needs: WarmNeeds, job_env: dict[str, str]) -> dict[str, Any]:
+        if needs.fresh:  # nothing to prepare: each rank is a new interpreter
+            return {"ok": True, "reason": "", "seconds": 0.0, "started": False, "pid": None}
         if needs.python != sys.executable:
             return self._no(
                 f"job.python={needs.python} is not the warm server's interpreter ({sys.executable})"
@@ -313,13 +330,17 @@ class WarmHolder:
         pg: Any,
         ray_job_id: str,
     ) -> dict[str, Any]:
-        """Fork this node's ranks of a job: ``ranks`` = [{"rank", "env"}] (the rank's
-        torchrun env); ``spec`` as for ``script_runner.spawn_rank``."""
-        key = (tuple(needs.preload), tuple(needs.import_env))
-        server = self._servers.get(key)
-        if server is None:
-            return self._no("the warm server for this job is gone (prepare first)")
-        server.last_used = time.monotonic()
+        """Start this node's ranks of a job, forked from the warm server (or as fresh
+        interpreters with ``needs.fresh``): ``ranks`` = [{"rank", "env"}] (the rank's
+        torchrun env); ``spec`` as for ``script_runner.spawn_rank``. A fresh rank that
+        cannot start answers ``failed`` (its rank, the error's type and text)."""
+        handle = None
+        if not needs.fresh:
+            server = self._servers.get((tuple(needs.preload), tuple(needs.import_env)))
+            if server is None:
+                return self._no("the warm server for this job is gone (prepare first)")
+            server.last_used = time.monotonic()
+            handle = server.handle
         with self._lock:
             job = self._jobs.setdefault(job_key, _Job(job_key, pg))
             job.last_seen = time.monotonic()
@@ -329,12 +350,18 @@ class WarmHolder:
             base = dict(os.environ)
             base.update(item["env"])
             base["RAY_JOB_ID"] = ray_job_id
+            start = functools.partial(
+                script_runner.spawn_rank, slot, spec, handle, base, job.wake.set
+            )
             try:
-                info = script_runner.spawn_rank(
-                    slot, spec, server=server.handle, base_env=base, on_exit=job.wake.set
-                )
+                # A fresh rank dies with the thread that started it (PR_SET_PDEATHSIG):
+                # one thread that lives as long as this holder starts them all.
+                info = start() if handle else self._spawner.submit(start).result()
             except (OSError, ValueError, warm.WarmServerError) as err:
                 self.stop_job(job_key, grace_s=0.0)
+                if needs.fresh:
+                    failed = {"rank": slot.rank, "type": type(err).__name__, "text": str(err)}
+                    return {**self._no(str(err)), "failed": failed}
                 return self._no(f"the warm server on node {self.node_id[:8]} refused: {err}")
             with self._lock:
                 job.slots[slot.rank] = slot
@@ -380,9 +407,8 @@ class WarmHolder:
             job = self._jobs.pop(job_key, None)
         if job is None:
             return {}
-        if job.sampler is not None:
-            with contextlib.suppress(Exception):
-                job.sampler.stop()
+        with contextlib.suppress(Exception):
+            job.sampling.drain(stop=True)
         slots = list(job.slots.values())
         threads = [
             threading.Thread(target=script_runner.stop_rank, args=(slot, grace_s), daemon=True)
@@ -405,23 +431,13 @@ class WarmHolder:
         job_id: str,
         pids: Any = None,
     ) -> None:
-        from gosok.launcher.ledger.sampler import UtilSampler
-
         job = self._job(job_key)
-        if job is not None and job.sampler is None:
-            job.sampler = UtilSampler(
-                interval_s, node, cluster=cluster, job_id=job_id, pids=pids
-            ).start()
+        if job is not None:
+            job.sampling.start(interval_s, node, cluster, job_id, pids)
 
     def drain_samples(self, job_key: str, stop: bool = False) -> list[dict[str, Any]]:
         job = self._job(job_key)
-        sampler = job.sampler if job else None
-        if sampler is None:
-            return []
-        if stop:
-            job.sampler = None
-            return sampler.stop()
-        return sampler.drain()
+        return job.sampling.drain(stop) if job else []
 
     # -- the watchdog
 
@@ -506,9 +522,9 @@ def get_holder(node_id: str) -> Any:
 
 
 class WarmRanks:
-    """One attempt's ranks forked by the holders of the placement group's nodes."""
-
-    mode = "warm"
+    """One attempt's ranks started by the holders of the placement group's nodes: forked
+    from their warm servers, or fresh interpreters with ``needs.fresh``. Either way each
+    node's holder watches its ranks and reports on them in one message per poll."""
 
     def __init__(
         self,
@@ -536,6 +552,10 @@ class WarmRanks:
         self.servers_started = 0
         self._spawned = False
         self._asking: dict[Any, int] = {}  # report requests out: ref -> node rank
+
+    @property
+    def mode(self) -> str:
+        return "fresh" if self.needs.fresh else "warm"
 
     @property
     def world(self) -> int:
@@ -674,6 +694,11 @@ class WarmRanks:
         refused = next((r for r in replies if not r["ok"]), None)
         if refused is not None:
             self.stop_ranks()
+            failed = refused.get("failed")
+            if failed:
+                info = self.rank_info[failed["rank"]]
+                cause = ENVIRONMENT_ERRORS.get(failed["type"], OSError)(failed["text"])
+                raise RankStartError(failed["rank"], info["node_id"], info["hostname"], cause)
             raise WarmUnavailable(refused["reason"])
         self.timings["spawn_s"] = time.perf_counter() - started
         placement = [p for reply in replies for p in reply["placement"]]
@@ -847,9 +872,12 @@ class ActorRanks:
 
 
 class LaunchRanks:
-    """An attempt's ranks, warm when possible: tries ``WarmRanks`` and falls back to
-    ``ActorRanks`` (saying why) when the warm servers cannot serve the job, at placement
-    or when forking. ``mode`` is ``warm`` or ``fresh``; ``reason`` says why fresh."""
+    """An attempt's ranks, warm when possible. The ways to start them, tried in order:
+    warm (``WarmRanks``), fresh interpreters started by each node's holder (``WarmRanks``
+    with ``needs.fresh``: one monitor per node still), and one actor per rank
+    (``ActorRanks``: only where per-actor GPU ids are needed, part of a GPU node). A way
+    that cannot serve the job (at placement or when starting the ranks) hands over to the
+    next, saying why. ``mode`` is ``warm`` or ``fresh``; ``reason`` says why fresh."""
 
     def __init__(
         self,
@@ -868,7 +896,8 @@ class LaunchRanks:
         self.timeout_s = timeout_s
         self.exclude_node_ids = tuple(exclude_node_ids)
         self.reason = "launch.fresh_process=true" if fresh_process else ""
-        self.impl: WarmRanks | ActorRanks = self._fresh() if fresh_process else self._warm()
+        self._ways = [self._warm, self._fresh, self._actors][1 if fresh_process else 0 :]
+        self.impl: WarmRanks | ActorRanks = self._ways.pop(0)()
 
     def _warm(self) -> WarmRanks:
         return WarmRanks(
@@ -876,7 +905,14 @@ class LaunchRanks:
             self.exclude_node_ids,
         )  # fmt: skip
 
-    def _fresh(self) -> ActorRanks:
+    def _fresh(self) -> WarmRanks:
+        needs = dataclasses.replace(self.needs, fresh=True)
+        return WarmRanks(
+            self.cluster, needs, self.job_env, self.timeout_s, self.extra_env,
+            self.exclude_node_ids,
+        )  # fmt: skip
+
+    def _actors(self) -> ActorRanks:
         return ActorRanks(self.cluster, self.timeout_s, self.extra_env, self.exclude_node_ids)
 
     @property
@@ -914,9 +950,12 @@ class LaunchRanks:
 
     def _fall_back(self, err: WarmUnavailable) -> None:
         self.impl.shutdown()
-        self.reason = f"warm start unavailable: {err}"
-        self.impl = self._fresh()
-        self.impl.start()
+        if not self._ways:
+            raise ClusterMismatchError(f"no way to start the ranks: {err}") from err
+        if self.mode == "warm":
+            self.reason = f"warm start unavailable: {err}"
+        self.impl = self._ways.pop(0)()
+        self.start()
 
     def start(self) -> Any:
         try:
@@ -929,7 +968,7 @@ class LaunchRanks:
             return self.impl.spawn(spec)
         except WarmUnavailable as err:
             self._fall_back(err)
-            return self.impl.spawn(spec)
+            return self.spawn(spec)
 
     def poll(self, wait_s: float = 0.0, report_timeout_s: float = REPORT_TIMEOUT_S):
         return self.impl.poll(wait_s, report_timeout_s)

@@ -31,6 +31,7 @@ from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
 from gosok.launcher.cluster.local import SLOT_RESOURCE, free_port
 from gosok.launcher.errors import ClusterMismatchError, CollectiveTimeoutError
+from gosok.launcher.ledger.sampler import SamplingSlot
 from gosok.launcher.ranks.plan import NodeSlot, Plan, backend_for, make_plan
 
 NODE_ID_LABEL = "ray.io/node-id"
@@ -81,7 +82,7 @@ class RankActor:
 
     def __init__(self) -> None:
         self.ctx: RankContext | None = None
-        self.sampler: Any = None
+        self.sampling = SamplingSlot()
 
     def describe(self) -> dict[str, Any]:
         context = ray.get_runtime_context()
@@ -144,22 +145,10 @@ class RankActor:
     ) -> None:
         """Sample this node's utilisation (the goodput ledger) until drained with stop;
         ``pids``: the job's rank processes here, whose CPU share is measured."""
-        from gosok.launcher.ledger.sampler import UtilSampler
-
-        if self.sampler is None:
-            self.sampler = UtilSampler(
-                interval_s, node, cluster=cluster, job_id=job_id, pids=pids
-            ).start()
+        self.sampling.start(interval_s, node, cluster, job_id, pids)
 
     def drain_samples(self, stop: bool = False) -> list[dict[str, Any]]:
-        """The samples taken since the last drain; ``stop`` ends the sampling."""
-        sampler = self.sampler
-        if sampler is None:
-            return []
-        if stop:
-            self.sampler = None
-            return sampler.stop()
-        return sampler.drain()
+        return self.sampling.drain(stop)
 
     def shutdown(self) -> None:
         # An actor that only started a rank's process never imported torch: do not pay
@@ -238,8 +227,9 @@ class WorkerGroup:
             raise
         return self
 
-    def __exit__(self, *exc: object) -> None:
-        self.shutdown()
+    def __exit__(self, exc_type: Any, *exc: object) -> None:
+        # On Ctrl-C the ranks may be deep in a timed loop: kill them, do not wait.
+        self.shutdown(graceful=exc_type is not KeyboardInterrupt)
 
     def _bundle(self) -> dict[str, float]:
         per_node = self.cluster.gpus_per_node
@@ -362,9 +352,10 @@ class WorkerGroup:
         refs = [a.call.remote(fn, *args, **kwargs) for a in self.actors]
         return self._get(refs, getattr(fn, "__name__", "rank function"), timeout_s)
 
-    def shutdown(self) -> None:
-        """Kill every actor and remove the placement group; safe to call twice."""
-        if self.actors:
+    def shutdown(self, graceful: bool = True) -> None:
+        """Kill every actor and remove the placement group; safe to call twice. Graceful:
+        first let each actor leave its process group (up to ``shutdown_timeout_s``)."""
+        if self.actors and graceful:
             with contextlib.suppress(Exception):
                 ray.get([a.shutdown.remote() for a in self.actors], timeout=self.shutdown_timeout_s)
         for actor in self.actors:

@@ -130,7 +130,12 @@ def test_ctrl_c_tears_everything_down(ray_cluster, tmp_path):
     assert len(live_actors()) >= 4, "ranks never started"
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
-    output, _ = proc.communicate(timeout=60)
+    try:
+        output, _ = proc.communicate(timeout=60)
+    finally:
+        if proc.poll() is None:  # do not leave its ranks holding the session's slots
+            proc.kill()
+            proc.communicate()
     assert proc.returncode != 0
     deadline = time.monotonic() + 30
     while time.monotonic() < deadline and (live_actors() or placement_groups_alive()):

@@ -36,7 +36,7 @@ pytestmark = pytest.mark.skipif(problem() is not None, reason=f"netns: {problem(
 NAME = "nshosts"
 HOSTS = 4
 JOB = ["cluster=local", f"cluster.name={NAME}", "cluster.nodes=2", "cluster.gpus_per_node=2",
-       "cluster.local.isolation=netns", "logger=none"]  # fmt: skip
+       "cluster.isolation=netns", "logger=none"]  # fmt: skip
 CLUSTER = JOB[:5]
 RECIPE = ["job=recipe", "job.strategy=ddp", "job.steps=30", "checkpoint.every_steps=10"]
 SMALL_DISK_BYTES = 8 << 20

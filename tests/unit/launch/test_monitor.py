@@ -194,3 +194,14 @@ def test_a_long_save_moves_while_it_writes_and_stops_moving_when_it_stalls(tmp_p
     finally:
         stop.set()
         thread.join()
+
+
+def test_a_job_that_beats_is_watched_for_hangs_only_from_its_first_beat():
+    w = watch(nodes=1, hang_timeout_s=5.0, startup_timeout_s=100.0)
+    building = node([0, 1], tick=1, entered=3)  # a collective, then minutes in one build
+    for now in range(1, 60):
+        assert w.observe({0: building.report()}, {}, float(now)) is None
+    for rank in (0, 1):
+        building.add(answer(rank, step=1, tick=2, entered=4))  # the first beat
+    assert w.observe({0: building.report()}, {}, 60.0) is None
+    assert w.observe({0: building.report()}, {}, 66.0).kind == "hang"
