@@ -37,6 +37,9 @@ def problem() -> str | None:
     return None
 
 
+HOSTS_DIR = Path("/run/gosok")
+
+
 def _ip(*args: str, check: bool = True) -> subprocess.CompletedProcess:
     return subprocess.run(["ip", *args], check=check, capture_output=True, text=True)
 
@@ -75,8 +78,21 @@ class NetnsNetwork:
         """The interface gloo must use on node ``index``."""
         return self.bridge if index == 0 else "eth0"
 
+    @property
+    def hosts_file(self) -> Path:
+        """The nodes' /etc/hosts: every node's name resolves to its IP (as cluster DNS)."""
+        return HOSTS_DIR / f"{self.tag}.hosts"
+
     def create(self) -> None:
         self.destroy()
+        import socket
+
+        names = [f"{self.ip_of(i)} {self.hostname(i)}" for i in range(1, self.nodes)]
+        HOSTS_DIR.mkdir(parents=True, exist_ok=True)
+        self.hosts_file.write_text(
+            "\n".join(["127.0.0.1 localhost", f"{self.head_ip} {socket.gethostname()}", *names])
+            + "\n"
+        )
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.head_ip}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -100,6 +116,8 @@ class NetnsNetwork:
         hidden = [p for p in keep if p.exists() and p.resolve().is_relative_to("/tmp")]
         kept = _outermost(hidden)  # only what the private /tmp would hide
         steps = [f"hostname {shlex.quote(self.hostname(index))}", "mkdir -p /run/gosok"]
+        if self.hosts_file.exists():
+            steps.append(f"mount --bind {shlex.quote(str(self.hosts_file))} /etc/hosts")
         for i, path in enumerate(kept):
             steps += [f"k{i}=$(mktemp -d /run/gosok/keep.XXXXXX)",
                       f"mount --rbind {shlex.quote(str(path))} $k{i}"]  # fmt: skip
@@ -123,6 +141,7 @@ class NetnsNetwork:
             _ip("netns", "del", self.ns(index), check=False)
             _ip("link", "del", f"{self.tag}-v{index}", check=False)
         _ip("link", "del", self.bridge, check=False)
+        self.hosts_file.unlink(missing_ok=True)
 
 
 def _outermost(paths: list[Path]) -> list[Path]:

@@ -116,11 +116,14 @@ def node_dir(log_dir: str) -> Path:
 
 
 def shipped(spec: dict[str, Any]) -> tuple[list[str], str]:
-    """argv and cwd with the job's shipped code unpacked on this node (once per node)."""
+    """argv and cwd with the job's shipped code unpacked on this node (once per node); a
+    cwd this node does not have becomes the shipped code's root."""
     argv, cwd = list(spec["argv"]), spec["cwd"]
     bundle = spec.get("bundle")
     if not bundle:
-        return argv, cwd
+        # The launch directory may exist on the driver's host only (its /tmp): a module
+        # (the recipe) then runs from this node's own directory for the job.
+        return argv, cwd if Path(cwd).is_dir() else str(node_dir(spec["log_dir"]))
     from gosok.launcher.ranks.shipping import Bundle, cache_root, unpack
 
     root = unpack(Bundle(**bundle), cache_root())

@@ -79,7 +79,9 @@ def hosts(ray_cluster, state_dir):
 
 
 def launch(run_dir: Path, *overrides: str, timeout: float = 400) -> subprocess.CompletedProcess:
-    return run_gosok("launch", *JOB, *overrides, f"hydra.run.dir={run_dir}", timeout=timeout)
+    # From a directory in the driver's /tmp, which no other node has.
+    return run_gosok("launch", *JOB, *overrides, f"hydra.run.dir={run_dir}", timeout=timeout,
+                     cwd=run_dir.parent)  # fmt: skip
 
 
 def test_script_in_driver_tmp_runs_on_separate_hosts(hosts, tmp_path):
