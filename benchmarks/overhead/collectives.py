@@ -21,7 +21,7 @@ import os
 import statistics
 import time
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
@@ -32,8 +32,10 @@ from gosok.benchmarks.collectives.report import bandwidths
 from gosok.launcher.cluster import local as local_cluster
 from gosok.launcher.config.schema import ClusterConfig
 from gosok.launcher.ranks.fingerprint import driver_fingerprint
-from gosok.launcher.ranks.workers import WorkerGroup
 from gosok.launcher.results.store import write_results
+
+if TYPE_CHECKING:
+    from gosok.launcher.ranks.workers import WorkerGroup
 
 
 def _bare_rank(
@@ -98,10 +100,12 @@ def main(argv: list[str] | None = None) -> int:
     world = args.nodes * args.ranks_per_node
     cluster = ClusterConfig(name="overhead", nodes=args.nodes, gpus_per_node=args.ranks_per_node)
     rows = []
+    local_cluster.use_auth(cluster.name)  # Ray reads its auth mode when first imported
     import ray
 
+    from gosok.launcher.ranks.workers import WorkerGroup
+
     with local_cluster.local_cluster(cluster) as (address, _):
-        local_cluster.use_auth(cluster.name)
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)
         try:
             with WorkerGroup(cluster, timeout_s=600) as group:
