@@ -36,6 +36,7 @@ never holds up the supervisor; a failing ledger prints one line and the job goes
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import queue
 import re
@@ -377,7 +378,19 @@ class LaunchRecorder:
             )
         state.last_step, state.last_step_unix = step, unix
         saves = int(beat.get("checkpoints") or 0)
-        if saves > state.saves:
+        log = beat.get("checkpoint_log")
+        if saves > state.saves and isinstance(log, list) and len(log) >= saves - state.saves:
+            # One event per save, even when several happened between two polls.
+            for saved_at, when, seconds in log[len(log) - (saves - state.saves) :]:
+                detail = {"attempt": number, "step": int(saved_at), "saves": 1}
+                self._submit(
+                    functools.partial(
+                        _checkpoint_event, self.job_id, float(seconds), float(when), detail
+                    )
+                )
+            state.saves = saves
+            state.checkpoint_s = float(beat.get("checkpoint_s") or 0.0)
+        elif saves > state.saves:
             total = float(beat.get("checkpoint_s") or 0.0)
             seconds = max(total - state.checkpoint_s, 0.0)
             when = float(beat.get("checkpoint_unix") or unix)
@@ -473,6 +486,12 @@ def _bench_name(cfg: Any) -> str:
     if suite:
         return f"suite-{getattr(suite, 'name', 'suite')}"
     return str(getattr(cfg.bench, "name", "bench"))
+
+
+def _checkpoint_event(
+    job_id: str, seconds: float, unix: float, detail: dict[str, Any], ledger: Any
+) -> None:
+    ledger.record_event(job_id, "checkpoint", seconds=seconds, unix=unix, detail=detail)
 
 
 def record_bench(

@@ -33,6 +33,8 @@ from gosok.launcher.recipe.data import MarkovData
 from gosok.launcher.recipe.model import TinyGPT, flops_per_token, param_count
 from gosok.launcher.results.store import atomic_write_bytes
 
+CHECKPOINT_LOG = 16  # saves listed in each heartbeat
+
 
 class Trainer:
     """One strategy's model, optimizer, step and checkpoint save/load."""
@@ -298,6 +300,10 @@ def main(argv: list[str] | None = None) -> None:
             report["checkpoint_step"] = step
             report["checkpoints"] += 1
             report["checkpoint_s"] += report["checkpoint_unix"] - saving
+            # The last few saves, so a reader polling slower than saves happen loses none.
+            log = report.setdefault("checkpoint_log", [])
+            log.append([step, report["checkpoint_unix"], report["checkpoint_unix"] - saving])
+            del log[:-CHECKPOINT_LOG]
             beat(step, loss=loss_value, tokens_per_s=tokens_per_s, restarts=restarts, **report)
         if job["step_sleep_s"] > 0:
             time.sleep(job["step_sleep_s"])

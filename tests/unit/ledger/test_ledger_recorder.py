@@ -297,3 +297,19 @@ def test_sampler_measures_the_given_processes_only():
     assert quiet_row["device"] == "cpu" and quiet_row["cpu_pct"] < 1.0
     assert busy_row["cpu_pct"] > 1.0  # the spinning grandchild counts for its parent
     assert busy_row["mem_used_bytes"] > quiet_row["mem_used_bytes"] / 2 > 0
+
+
+def test_saves_between_two_polls_are_each_recorded(tmp_path):
+    path = tmp_path / "l.sqlite"
+    t0 = time.time() - 100
+    recorder = LaunchRecorder(settings(path), base_job_id="run-1", cluster=CLUSTER)
+    recorder.on_attempt_start(0, t0)
+    first = {"resumed_from_step": 0, "first_step_unix": t0 + 1}
+    log = [[10, t0 + 5, 0.5], [20, t0 + 9, 0.75]]  # two saves, one poll after both
+    recorder.on_poll(0, None, beat(20, t0 + 9, **first, **saves(2, 1.25, t0 + 9),
+                                   checkpoint_log=log))  # fmt: skip
+    recorder.on_attempt_end(outcome(0, True, "ok", t0, t0 + 10, 20))
+    recorder.finish(True, "", {"final_step": 20})
+    with Ledger.open(path) as ledger:
+        events = ledger.events("run-1")
+    assert [(e["detail"]["step"], e["seconds"]) for e in events] == [(10, 0.5), (20, 0.75)]
