@@ -166,6 +166,7 @@ def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], N
             use_auth(str(cluster.name))  # before anything imports ray
         console = _console()
         _write_hydra_files(cfg, command)
+        restore = _bounded_ctrl_c(console)
         try:
             missing = sorted(OmegaConf.missing_keys(cfg))
             if missing:
@@ -182,8 +183,41 @@ def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], N
         except KeyboardInterrupt:
             console.print("[bold red]interrupted[/]: ranks and placement groups torn down")
             sys.exit(130)
+        finally:
+            restore()
 
     return wrapped
+
+
+CTRL_C_TEARDOWN_S = 20.0
+
+
+def _bounded_ctrl_c(console: Any) -> Callable[[], None]:
+    """Ctrl-C raises KeyboardInterrupt as usual (the ranks are torn down, the journal
+    sealed), and arms a deadline: a teardown still running ``CTRL_C_TEARDOWN_S`` later is
+    cut short by exiting (Ray removes a driver's actors and placement groups when it goes).
+    Returns what puts the previous handler back."""
+    import os
+    import signal
+    import threading
+
+    if threading.current_thread() is not threading.main_thread():
+        return lambda: None
+
+    def give_up() -> None:
+        console.print(f"teardown still running {CTRL_C_TEARDOWN_S:.0f}s after Ctrl-C: exiting")
+        sys.stdout.flush()
+        os._exit(130)
+
+    def on_ctrl_c(signum: int, frame: Any) -> None:
+        timer = threading.Timer(CTRL_C_TEARDOWN_S, give_up)
+        timer.daemon = True
+        timer.start()
+        signal.signal(signal.SIGINT, signal.default_int_handler)  # a second Ctrl-C: at once
+        raise KeyboardInterrupt
+
+    previous = signal.signal(signal.SIGINT, on_ctrl_c)
+    return lambda: signal.signal(signal.SIGINT, previous)
 
 
 @contextlib.contextmanager
