@@ -35,6 +35,11 @@ class CollectiveTimeoutError(GosokError):
     exit_code = 4
 
 
+# A rank's process could not start because its node lacks what the job names (an
+# interpreter, a script, a permission): the job's environment, not an infrastructure fault.
+ENVIRONMENT_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError)
+
+
 class RankStartError(GosokError):
     """A rank's process could not be started on its node (no such interpreter or script,
     no permission): ``rank``, ``node_id``, ``hostname`` and the node's own error."""

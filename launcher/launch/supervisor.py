@@ -37,7 +37,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
-from gosok.launcher.errors import GosokError, RankStartError
+from gosok.launcher.errors import ENVIRONMENT_ERRORS, GosokError, RankStartError
 from gosok.launcher.launch.monitor import GroupWatch, Verdict, WatchPolicy
 from gosok.launcher.ranks.plan import backend_for
 from gosok.launcher.ranks.warm_pool import LaunchRanks, WarmNeeds
@@ -48,7 +48,6 @@ DRAIN_POLLS = 20
 DRAIN_TIMEOUT_S = 10.0
 EXIT_GRACE_S = 4.0
 NOT_RETRIED = ("disk_full",)  # a restart cannot help: it needs the user
-ENVIRONMENT_ERRORS = (FileNotFoundError, PermissionError, NotADirectoryError)
 RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s*")
 DISK_FULL = re.compile(r"No space left on device|ENOSPC|Errno 28|Disk quota exceeded")
 

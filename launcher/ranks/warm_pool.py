@@ -64,7 +64,12 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gosok.launcher.cluster.local import SLOT_RESOURCE, free_port
-from gosok.launcher.errors import ClusterMismatchError, CollectiveTimeoutError, RankStartError
+from gosok.launcher.errors import (
+    ENVIRONMENT_ERRORS,
+    ClusterMismatchError,
+    CollectiveTimeoutError,
+    RankStartError,
+)
 from gosok.launcher.ledger.sampler import SamplingSlot
 from gosok.launcher.ranks import node_report, progress, script_runner, warm
 from gosok.launcher.ranks.node_report import NodeReporter
@@ -88,11 +93,7 @@ PREPARE_TIMEOUT_S = 600.0  # a first preload of torch + DeepSpeed on a busy node
 UNREACHABLE_S = 10.0
 REPORT_TIMEOUT_S = 5.0
 STOP_GRACE_S = 2.0
-IMPORT_ENV_KEYS = ("DS_ACCELERATOR",)
-# What a node's failure to start a fresh rank was, rebuilt on the driver.
-ENVIRONMENT_ERRORS = {
-    e.__name__: e for e in (FileNotFoundError, PermissionError, NotADirectoryError)
-}  # read by preloaded modules when they are imported
+IMPORT_ENV_KEYS = ("DS_ACCELERATOR",)  # read by preloaded modules when they are imported
 
 
 class WarmUnavailable(Exception):
@@ -697,7 +698,8 @@ class WarmRanks:
             failed = refused.get("failed")
             if failed:
                 info = self.rank_info[failed["rank"]]
-                cause = ENVIRONMENT_ERRORS.get(failed["type"], OSError)(failed["text"])
+                kinds = {e.__name__: e for e in ENVIRONMENT_ERRORS}  # rebuilt on this side
+                cause = kinds.get(failed["type"], OSError)(failed["text"])
                 raise RankStartError(failed["rank"], info["node_id"], info["hostname"], cause)
             raise WarmUnavailable(refused["reason"])
         self.timings["spawn_s"] = time.perf_counter() - started
