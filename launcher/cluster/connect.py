@@ -23,6 +23,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from gosok.launcher.cluster import local as local_cluster
+from gosok.launcher.errors import ConfigError
 
 TASK_EVENTS_ENV = "RAY_task_events_report_interval_ms"
 _connected: list[str] = []  # the address this process connected to here, if any
@@ -86,5 +87,11 @@ def ray_cluster(cluster: Any) -> Iterator[ClusterConnection]:
                 if started:
                     _disconnect()
         return
+    if not cluster.address:
+        # kind=slurm: deploy/slurm/gosok.sbatch starts Ray and passes its address.
+        raise ConfigError([
+            "cluster.address is not set: cluster=slurm runs on the Ray cluster that "
+            "`sbatch deploy/slurm/gosok.sbatch <command>` starts in the allocation"
+        ])
     _init(cluster.address)
     yield ClusterConnection(cluster.address, False)

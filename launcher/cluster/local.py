@@ -43,7 +43,11 @@ def token_file(name: str) -> Path:
 
 def new_token(name: str) -> Path:
     """A fresh Ray auth token for this cluster, readable by this user only."""
-    path = token_file(name)
+    return write_token(token_file(name))
+
+
+def write_token(path: Path) -> Path:
+    """A fresh random Ray auth token in a new file readable by this user only."""
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
@@ -51,17 +55,31 @@ def new_token(name: str) -> Path:
     return path
 
 
+def token_env(path: str | Path) -> dict[str, str]:
+    """What a process needs to reach a cluster whose token is in ``path``: Ray's token auth
+    on (a wrong or missing token is refused by every Ray service)."""
+    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(path)}
+
+
 def auth_env(name: str) -> dict[str, str]:
-    """What a process needs to reach the local cluster ``name``: Ray's token auth on, with
-    this cluster's token file (a wrong or missing token is refused by every Ray service)."""
-    return {"RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_file(name))}
+    """What a process needs to reach the local cluster ``name``."""
+    return token_env(token_file(name))
+
+
+def without_token(env: dict[str, str] | os._Environ) -> dict[str, str]:
+    return {k: v for k, v in env.items() if k != "RAY_AUTH_TOKEN"}
+
+
+def use_token(path: str | Path) -> None:
+    """Make this process present the token in ``path`` when it connects. Ray reads its auth
+    mode once, when it is imported: call this before anything imports ray."""
+    os.environ.pop("RAY_AUTH_TOKEN", None)
+    os.environ.update(token_env(path))
 
 
 def use_auth(name: str) -> None:
-    """Make this process present the local cluster's token when it connects. Ray reads
-    its auth mode once, when it is imported: call this before anything imports ray."""
-    os.environ.pop("RAY_AUTH_TOKEN", None)
-    os.environ.update(auth_env(name))
+    """Make this process present the local cluster's token when it connects."""
+    use_token(token_file(name))
 
 
 def ray_env(name: str) -> dict[str, str]:
@@ -256,7 +274,10 @@ def _start_once(cluster: Any) -> LocalClusterState:
             state.save()
             if role == "head":
                 _wait_for_port(ip, port, cluster.local.start_timeout_s, log_dir)
-        wait_for_nodes(address, cluster.nodes, cluster.local.start_timeout_s, log_dir, cluster.name)
+        wait_for_nodes(
+            address, cluster.nodes, cluster.local.start_timeout_s, log_dir,
+            str(token_file(cluster.name)),
+        )  # fmt: skip
     except BaseException:
         stop_sessions(pgids)
         state.path().unlink(missing_ok=True)
@@ -275,7 +296,9 @@ def _wait_for_port(host: str, port: int, timeout_s: float, log_dir: str) -> None
     raise GosokError(f"Ray head did not open {host}:{port} in {timeout_s}s; logs in {log_dir}")
 
 
-def wait_for_nodes(address: str, count: int, timeout_s: float, log_dir: str, name: str) -> None:
+def wait_for_nodes(
+    address: str, count: int, timeout_s: float, log_dir: str, token_path: str
+) -> None:
     """Block until the cluster at ``address`` has ``count`` alive nodes with rank slots.
 
     A process holds one Ray connection at a time, so when this one is already connected
@@ -284,11 +307,11 @@ def wait_for_nodes(address: str, count: int, timeout_s: float, log_dir: str, nam
     if "ray" in sys.modules:
         # Ray fixes its auth mode when it is imported: probe from a fresh process that
         # presents this cluster's token.
-        call = f"wait_for_nodes({address!r}, {count}, {timeout_s}, {log_dir!r}, {name!r})"
+        call = f"wait_for_nodes({address!r}, {count}, {timeout_s}, {log_dir!r}, {token_path!r})"
         probe = f"from gosok.launcher.cluster.local import wait_for_nodes; {call}"
         result = subprocess.run(
             [sys.executable, "-c", probe],
-            env=ray_env(name),
+            env={**without_token(os.environ), **token_env(token_path)},
             capture_output=True,
             text=True,
             timeout=timeout_s + 60,
@@ -300,7 +323,7 @@ def wait_for_nodes(address: str, count: int, timeout_s: float, log_dir: str, nam
                 else f"local Ray cluster at {address} did not come up; logs in {log_dir}"
             )
         return
-    use_auth(name)
+    use_token(token_path)
     import ray
 
     ray.init(address=address, logging_level="ERROR", log_to_driver=False)

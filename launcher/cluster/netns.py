@@ -106,11 +106,15 @@ class NetnsNetwork:
             _ip("-n", ns, "link", "set", "lo", "up")
             _ip("-n", ns, "route", "add", "default", "via", self.head_ip)
 
-    def wrap(self, index: int, command: list[str], keep: list[Path]) -> list[str]:
+    def wrap(
+        self, index: int, command: list[str], keep: list[Path], sysfs: bool = True
+    ) -> list[str]:
         """``command`` as run on node ``index``: worker nodes get their own network, hostname
         and a private /tmp; the ``keep`` paths (the shared storage, the Python environment
         and gosok's own code, as installed on every host of a real cluster) stay visible at
-        the same paths. The head runs on this machine as it is."""
+        the same paths. The head runs on this machine as it is. ``sysfs=False`` enters the
+        network namespace without remounting /sys (``ip netns exec`` does, which hides the
+        cgroup tree a Slurm daemon needs)."""
         if index == 0:
             return command
         hidden = [p for p in keep if p.exists() and p.resolve().is_relative_to("/tmp")]
@@ -126,10 +130,13 @@ class NetnsNetwork:
             quoted = shlex.quote(str(path))
             steps += [f"mkdir -p {quoted}", f"mount --move $k{i} {quoted}", f"rmdir $k{i}"]
         inner = " && ".join(steps) + f" && exec {shlex.join(command)}"
+        enter = (
+            ["ip", "netns", "exec", self.ns(index)]
+            if sysfs
+            else ["nsenter", f"--net=/var/run/netns/{self.ns(index)}"]
+        )
         return [
-            "ip", "netns", "exec", self.ns(index),
-            "unshare", "--uts", "--mount", "--propagation", "private",
-            "sh", "-c", inner,
+            *enter, "unshare", "--uts", "--mount", "--propagation", "private", "sh", "-c", inner,
         ]  # fmt: skip
 
     def cut_link(self, index: int) -> None:

@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from hydra.core.config_store import ConfigStore
 from omegaconf import MISSING
 
-CLUSTER_KINDS = ("local", "existing")
+CLUSTER_KINDS = ("local", "existing", "slurm")
 
 
 @dataclass
@@ -57,13 +57,18 @@ class ClusterConfig:
     """The allocation: which GPU type, how many nodes and rank slots, where Ray is."""
 
     name: str = MISSING
-    kind: str = "local"  # local: gosok starts Ray on this machine; existing: connect
+    #: local: gosok starts Ray on this machine; existing: connect to a running Ray cluster;
+    #: slurm: inside a Slurm allocation, on the Ray cluster deploy/slurm/gosok.sbatch starts.
+    kind: str = "local"
     provider: str = "local"
     gpu: str = "cpu"  # key into the GPU catalogue (configs/gpu/<key>.yaml)
     nodes: int = 2
     gpus_per_node: int = 2  # rank slots per node (GPUs on a GPU cluster)
     spare_nodes: int = 0
     address: str | None = None  # Ray address (host:port) for kind=existing
+    #: Hostnames gosok places no rank on, one per line (the acceptance suite writes its
+    #: culprits to <run dir>/exclude.txt in this form; `sbatch --exclude` takes it too).
+    exclude_file: str | None = None
     #: kind=local only. none: every node on loopback (127.0.0.2), sharing this machine's
     #: network, hostname and /tmp. netns (root): each worker node in its own network, UTS
     #: and mount namespace (its own IP on a private bridge, hostname and /tmp), like
@@ -83,6 +88,9 @@ class ClusterCommandConfig:
 
 def register_schemas() -> None:
     """Store the schemas every command shares in Hydra's ConfigStore (idempotent)."""
+    from gosok.launcher.cluster.slurm import register_resolver
+
+    register_resolver()
     cs = ConfigStore.instance()
     cs.store(group="cluster", name="base_cluster", node=ClusterConfig)
     cs.store(name="base_cluster_command", node=ClusterCommandConfig)

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import ipaddress
 import math
+import os
 import re
 from collections.abc import Iterable, Sequence
 from typing import Any
@@ -78,8 +79,12 @@ def validate_cluster(cluster: Any, prefix: str = "cluster") -> list[str]:
     problems += one_of(f"{prefix}.gpu", cluster.gpu, sorted(catalogue))
     problems += one_of(f"{prefix}.kind", cluster.kind, CLUSTER_KINDS)
     most = MAX_LOCAL_NODES if cluster.kind == "local" else MAX_NODES
-    problems += positive(f"{prefix}.nodes", cluster.nodes, 1, maximum=most)
-    problems += positive(f"{prefix}.gpus_per_node", cluster.gpus_per_node, 1, MAX_GPUS_PER_NODE)
+    # A slurm preset outside an allocation resolves to 0: said below, with the reason.
+    outside_slurm = cluster.kind == "slurm" and cluster.nodes == 0
+    if not outside_slurm:
+        problems += positive(f"{prefix}.nodes", cluster.nodes, 1, maximum=most)
+    if not (outside_slurm and cluster.gpus_per_node == 0):
+        problems += positive(f"{prefix}.gpus_per_node", cluster.gpus_per_node, 1, MAX_GPUS_PER_NODE)
     problems += positive(f"{prefix}.spare_nodes", cluster.spare_nodes, 0, maximum=most)
     if cluster.kind == "local" and cluster.gpu != "cpu":
         problems.append(
@@ -104,6 +109,16 @@ def validate_cluster(cluster: Any, prefix: str = "cluster") -> list[str]:
             problems += loopback_problems(f"{prefix}.local.node_ip", local.node_ip)
         if not 0 <= local.port <= 65535:
             problems.append(f"{prefix}.local.port={local.port} must be in 0..65535 (0: free port)")
+    if cluster.kind == "slurm":
+        from gosok.launcher.cluster.slurm import allocation_problems
+
+        problems += allocation_problems(cluster, os.environ, prefix)
+    elif cluster.exclude_file:
+        problems.append(
+            f"{prefix}.exclude_file={cluster.exclude_file!r} applies to kind=slurm only (gosok "
+            f"starts Ray there); {prefix}.kind={cluster.kind!r}: leave those hosts out of the "
+            "Ray cluster instead"
+        )
     if cluster.kind == "existing" and not cluster.address:
         problems.append(
             f"{prefix}.address is not set; kind=existing needs the Ray head address, "

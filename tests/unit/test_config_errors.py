@@ -24,7 +24,8 @@ BAD_CONFIGS = [
     (["bench.time_reduce=median"], ["bench.time_reduce", "rank0"]),
     (["bench.root=9"], ["bench.root=9"]),
     (["cluster=naver_h200_32"], ["cluster.address"]),
-    (["cluster.kind=slurm"], ["cluster.kind", "existing"]),
+    (["cluster.kind=lsf"], ["cluster.kind", "existing", "slurm"]),
+    (["cluster.exclude_file=/etc/hostname"], ["cluster.exclude_file", "kind=slurm"]),
     (["bench=nosuchbench"], ["bench/nosuchbench"]),
     # Suite phases are validated before anything starts (not only on the ranks).
     (["suite=quick", "suite.intra_node.ops=[bogus]"], ["suite.intra_node.ops", "bogus"]),
