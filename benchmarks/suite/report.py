@@ -472,13 +472,21 @@ code {{ font-size: 11px; }}
 """
 
 
+def exclude_list(doc: dict[str, Any]) -> str:
+    """The hostnames of the nodes the verdict condemns, one per line: Slurm's exclude list
+    (``sbatch --exclude=$(paste -sd, exclude.txt)``, or ``cluster.exclude_file=``)."""
+    hosts = sorted({str(n.get("hostname") or "") for n in doc["verdict"]["failing_nodes"]} - {""})
+    return "".join(f"{host}\n" for host in hosts)
+
+
 def write_reports(doc: dict[str, Any], out_dir: str | Path) -> list[Path]:
-    """report.md, report.html and the PNG plots, all derived from ``doc``."""
+    """report.md, report.html, the PNG plots and exclude.txt, all derived from ``doc``."""
     out = Path(out_dir)
     plots = write_plots(doc, out)
     md = atomic_write_bytes(out / "report.md", render_markdown(doc, plots).encode())
     page = atomic_write_bytes(out / "report.html", render_html(doc, plots).encode())
-    return [md, page, *plots.values()]
+    exclude = atomic_write_bytes(out / "exclude.txt", exclude_list(doc).encode())
+    return [md, page, exclude, *plots.values()]
 
 
 def render_suite(doc: dict[str, Any], args: argparse.Namespace) -> int:

@@ -89,9 +89,11 @@ def ray_cluster(cluster: Any) -> Iterator[ClusterConnection]:
         return
     if not cluster.address:
         # kind=slurm: deploy/slurm/gosok.sbatch starts Ray and passes its address.
-        raise ConfigError([
-            "cluster.address is not set: cluster=slurm runs on the Ray cluster that "
-            "`sbatch deploy/slurm/gosok.sbatch <command>` starts in the allocation"
-        ])
+        raise ConfigError(
+            [
+                "cluster.address is not set: cluster=slurm runs on the Ray cluster that "
+                "`sbatch deploy/slurm/gosok.sbatch <command>` starts in the allocation"
+            ]
+        )
     _init(cluster.address)
     yield ClusterConnection(cluster.address, False)

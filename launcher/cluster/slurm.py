@@ -27,6 +27,7 @@ from typing import Any
 
 EXCLUDE_FILE = "exclude.txt"
 MAX_HOSTS = 100_000
+MAX_EXCLUDE_BYTES = 1 << 20
 
 
 class HostlistError(ValueError):
@@ -135,7 +136,10 @@ def read_exclude_file(path: str | os.PathLike | None) -> set[str]:
     --exclude`` takes them after ``paste -sd,``."""
     if not path:
         return set()
-    text = Path(path).expanduser().read_text()
+    file = Path(path).expanduser()
+    if not file.is_file() or file.stat().st_size > MAX_EXCLUDE_BYTES:
+        raise OSError(f"not a regular file of at most {MAX_EXCLUDE_BYTES} bytes")
+    text = file.read_text()
     return {line.split("#", 1)[0].strip() for line in text.splitlines()} - {""}
 
 
@@ -144,9 +148,11 @@ def exclude_file_problem(key: str, path: Any) -> str | None:
         return None
     try:
         read_exclude_file(str(path))
-    except (OSError, UnicodeDecodeError) as exc:
+    except UnicodeDecodeError:
+        return f"{key}={str(path)!r} is not text; allowed: a file of hostnames, one per line"
+    except OSError as exc:
         return (
-            f"{key}={str(path)!r} cannot be read ({exc.__class__.__name__}); allowed: a file "
+            f"{key}={str(path)!r} cannot be read ({exc.strerror or exc}); allowed: a file "
             "of hostnames, one per line"
         )
     return None

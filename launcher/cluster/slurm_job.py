@@ -167,7 +167,7 @@ def run(args: list[str]) -> int:
     srun = [
         "srun", "--overlap", f"--nodes={len(hosts)}", f"--ntasks={len(hosts)}",
         "--ntasks-per-node=1", f"--nodelist={','.join(hosts)}", "--kill-on-bad-exit=0",
-        "--no-kill", f"--output={job_dir}/ray-%N.log",
+        "--no-kill",
     ]  # fmt: skip
     if alloc.gpus_per_node:
         srun.append(f"--gpus-per-node={alloc.gpus_per_node}")
@@ -208,7 +208,7 @@ def _with_ray(
         if stopping.signum is not None:
             return 128 + stopping.signum
         if ray_step.poll() is not None or time.monotonic() > deadline:
-            _say(f"the Ray head did not start; its log: {job_dir}/ray-{usable[0]}.log")
+            _say("the Ray head did not start (its node task said why above)")
             return 3
         time.sleep(0.25)
     try:
@@ -320,7 +320,13 @@ def node() -> int:
         if stopping.signum is not None or time.monotonic() > deadline:
             return 0 if stopping.signum is not None else 3
         time.sleep(0.25)
-    ray = subprocess.Popen(cmd, env=ray_env, stdin=subprocess.DEVNULL, start_new_session=True)
+    # Ray's own output stays on the node; the job's output gets its tail if Ray fails.
+    log = temp_dir.with_name(f"{temp_dir.name}.log")
+    with open(log, "wb") as out:
+        ray = subprocess.Popen(
+            cmd, env=ray_env, stdin=subprocess.DEVNULL, stdout=out, stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )  # fmt: skip
     try:
         while ray.poll() is None and stopping.signum is None:
             time.sleep(0.2)
@@ -335,6 +341,10 @@ def node() -> int:
         ray.wait()
         kill_step_leftovers(job_id, step_id, host)
         shutil.rmtree(temp_dir, ignore_errors=True)
+        if stopping.signum is None:
+            tail = log.read_text(errors="replace").splitlines()[-20:]
+            _say(f"node {host}: Ray exited ({ray.returncode}):\n  " + "\n  ".join(tail))
+        log.unlink(missing_ok=True)
     return 0 if stopping.signum is not None else ray.returncode
 
 

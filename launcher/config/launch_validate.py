@@ -110,6 +110,27 @@ def validate_recipe(job: Any, ds: Any, world: int) -> list[str]:
     return problems
 
 
+TRAIN_EXTRA = "pip install 'gosok[train]'"
+
+
+def training_extra_problems(cfg: Any) -> list[str]:
+    """The training-only packages a job needs (``gosok[train]``) and this environment lacks:
+    a benchmark-only install (``pip install gosok``) is told which to add."""
+    import importlib.util
+
+    needs = []
+    if cfg.job.kind == "recipe" and cfg.job.strategy == "deepspeed":
+        needs.append(("deepspeed", "job.strategy=deepspeed", "another job.strategy"))
+    if cfg.logger.kind == "wandb":
+        needs.append(("wandb", "logger=wandb", "logger=none"))
+    return [
+        f"{setting} needs the {module!r} package, which is not installed; {TRAIN_EXTRA} "
+        f"(on every node), or {instead}"
+        for module, setting, instead in needs
+        if importlib.util.find_spec(module) is None
+    ]
+
+
 def validate_launch(cfg: Any, cwd: Path) -> list[str]:
     cluster = cfg.cluster
     problems = validate_cluster(cluster)
@@ -132,6 +153,7 @@ def validate_launch(cfg: Any, cwd: Path) -> list[str]:
     problems += positive("fault.missed_reports", fault.missed_reports, 1, maximum=1000)
     problems += one_of("logger.kind", cfg.logger.kind, LOGGER_KINDS)
     problems += one_of("logger.mode", cfg.logger.mode, WANDB_MODES)
+    problems += training_extra_problems(cfg)
     bad_tee = [r for r in cfg.tee_ranks if not 0 <= r < world]
     if bad_tee:
         problems.append(

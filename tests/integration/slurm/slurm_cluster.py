@@ -159,12 +159,21 @@ class SlurmCluster:
             if time.monotonic() > deadline:
                 raise RuntimeError(f"slurmctld did not start; see {self.base}/slurmctld.log")
             time.sleep(0.2)
-        keep = [self.base, *environment_paths()]
         for i in range(1, self.nodes + 1):
-            slurmd = [_sbin("slurmd"), "-D", "-N", self.hostname(i), "-f", str(self.conf)]
-            self._spawn(self.net.wrap(i, slurmd, keep, sysfs=False), f"slurmd-{i}.out")
+            self._start_slurmd(i)
         self.wait_idle(self.nodes)
         return self
+
+    def _start_slurmd(self, node: int) -> None:
+        keep = [self.base, *environment_paths()]
+        slurmd = [_sbin("slurmd"), "-D", "-N", self.hostname(node), "-f", str(self.conf)]
+        self._spawn(self.net.wrap(node, slurmd, keep, sysfs=False), f"slurmd-{node}.out")
+
+    def revive_node(self, node: int) -> None:
+        """Boot host ``node`` again after ``kill_node``: a fresh slurmd (Slurm returns it to
+        service and completes the jobs it held)."""
+        self._start_slurmd(node)
+        self.wait_idle(self.nodes)
 
     def sinfo(self) -> dict[str, str]:
         out = subprocess.run(

@@ -174,3 +174,26 @@ def test_checkpoint_write_killed_half_way_keeps_previous(tmp_path):
     assert not list(tmp_path.glob(".tmp-*")) and store.latest().step == 20
     (store.latest().path / "state.pt").write_bytes(b"corrupt")
     assert store.latest().step == 10  # a checkpoint that fails its hash is skipped
+
+
+def test_a_benchmark_only_install_is_told_which_extra_a_job_needs(monkeypatch):
+    import importlib.util
+
+    from gosok.launcher.config.launch_validate import training_extra_problems
+
+    real = importlib.util.find_spec
+    missing = {"deepspeed", "wandb"}  # as after `pip install gosok` without [train]
+    monkeypatch.setattr(
+        importlib.util, "find_spec", lambda name, *a: None if name in missing else real(name, *a)
+    )
+    cfg = OmegaConf.create(
+        {"job": {"kind": "recipe", "strategy": "deepspeed"}, "logger": {"kind": "wandb"}}
+    )
+    problems = training_extra_problems(cfg)
+    assert len(problems) == 2
+    assert all("pip install 'gosok[train]'" in p for p in problems)
+    assert "job.strategy=deepspeed" in problems[0] and "logger=none" in problems[1]
+    quiet = OmegaConf.create(
+        {"job": {"kind": "recipe", "strategy": "ddp"}, "logger": {"kind": "none"}}
+    )
+    assert training_extra_problems(quiet) == []

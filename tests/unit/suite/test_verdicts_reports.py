@@ -181,6 +181,7 @@ def test_reports_are_written_and_html_is_self_contained(tmp_path: Path) -> None:
     assert {
         "report.md",
         "report.html",
+        "exclude.txt",
         "suite_busbw.png",
         "suite_gemm.png",
         "suite_heatmap.png",
@@ -191,6 +192,9 @@ def test_reports_are_written_and_html_is_self_contained(tmp_path: Path) -> None:
     md = (tmp_path / "report.md").read_text()
     assert "node 2" in md and "B200" in md and "![" in md
     assert render_html(doc, {}).startswith("<!DOCTYPE html>")
+    # The condemned node, as a Slurm exclude list (hostnames, one per line).
+    slow_host = doc["nodes"][2]["hostname"]
+    assert (tmp_path / "exclude.txt").read_text() == f"{slow_host}\n"
 
 
 def _cli(*args: str) -> tuple[int, str]:
