@@ -91,7 +91,10 @@ def commands(only: str | None = None) -> dict[str, Command]:
 
 def usage(found: dict[str, Command]) -> str:
     lines = ["usage: gosok <command> [arguments ...]", "", "commands:"]
-    lines += [f"  {c.name:<9s}{c.summary:<40s}{c.example}" for c in found.values()]
+    name = max((len(c.name) for c in found.values()), default=0) + 2
+    summary = max((len(c.summary) for c in found.values()), default=0) + 2
+    for c in found.values():
+        lines.append(f"  {c.name:<{name}s}{c.summary:<{summary}s}{c.example}".rstrip())
     lines += ["", "Hydra commands also take --cfg job, -m (multirun), --help."]
     return "\n".join(lines)
 
@@ -168,6 +171,13 @@ def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], N
         _write_hydra_files(cfg, command)
         restore = _bounded_ctrl_c(console)
         try:
+            from hydra.core.hydra_config import HydraConfig
+
+            from gosok.launcher.config.validate import added_key_problems
+
+            added = added_key_problems(cfg, list(HydraConfig.get().overrides.task))
+            if added:
+                raise ConfigError(added)
             missing = sorted(OmegaConf.missing_keys(cfg))
             if missing:
                 raise ConfigError(

@@ -210,6 +210,28 @@ def render(doc: dict[str, Any], args: Any) -> int:
     return 0
 
 
+def figures(doc: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
+    """Bus bandwidth per op, dtype, mode and size (and its average per op), from the
+    re-derived records: what ``gosok report compare`` puts side by side."""
+    out: dict[str, tuple[float | None, str]] = {}
+    by_op: dict[str, list[float]] = {}
+    for r in doc["records"]:
+        group = f" group {r['group']}" if r["group"] else ""
+        name = f"{r['op']} {r['dtype']} {r['mode']} {r['size_bytes']} B{group} busbw"
+        out[name] = (r["busbw_gbps"], "GB/s")
+        by_op.setdefault(f"{r['op']} {r['dtype']} average busbw", []).append(r["busbw_gbps"])
+    for name, values in by_op.items():
+        out[name] = (sum(values) / len(values), "GB/s")
+    return out
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], args: Any) -> int:
+    from gosok.benchmarks.core.compare import figure_rows, print_rows
+
+    rows = figure_rows(figures(a), figures(b), args.tolerance, "collectives")
+    return print_rows(rows, f"collectives comparison (regression: drop > {args.tolerance:.0%})")
+
+
 BENCHMARK = Benchmark(
     name="collectives",
     kind="collectives",
@@ -218,5 +240,6 @@ BENCHMARK = Benchmark(
     plan=plan_lines,
     run=run,
     render=render,
+    compare=compare,
     rederive=rederive_collectives,
 )

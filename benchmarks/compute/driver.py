@@ -168,6 +168,23 @@ def render(doc: dict[str, Any], args: Any) -> int:
     return render_gemm(doc, args)
 
 
+def figures(doc: dict[str, Any]) -> dict[str, tuple[float | None, str]]:
+    """Median and best per kernel and backend (TFLOPS, or GB/s for HBM), from the
+    re-derived records: what ``gosok report compare`` puts side by side."""
+    out: dict[str, tuple[float | None, str]] = {}
+    for key, item in summarize(doc["records"]).items():
+        out[f"{key} median"] = (item["median"], item["unit"])
+        out[f"{key} best"] = (item["best"], item["unit"])
+    return out
+
+
+def compare(a: dict[str, Any], b: dict[str, Any], args: Any) -> int:
+    from gosok.benchmarks.core.compare import figure_rows, print_rows
+
+    rows = figure_rows(figures(a), figures(b), args.tolerance, "gemm")
+    return print_rows(rows, f"compute comparison (regression: drop > {args.tolerance:.0%})")
+
+
 BENCHMARK = Benchmark(
     name="gemm",
     kind="gemm",
@@ -176,5 +193,6 @@ BENCHMARK = Benchmark(
     plan=plan_lines,
     run=run,
     render=render,
+    compare=compare,
     rederive=rederive_gemm,
 )

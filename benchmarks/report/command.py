@@ -42,6 +42,7 @@ USAGE = """usage: gosok report RESULTS [--plot PNG] [--out-dir DIR]
                                                [--allow-different-gpus]
        gosok report audit RESULTS... --out-dir DIR [--public-key PUB ...] [--nonce N ...]
 """
+PARSER_USAGE = USAGE.removeprefix("usage: ")  # argparse writes "usage: " itself
 MALFORMED_ERRORS = (KeyError, TypeError, ValueError, IndexError, AttributeError)
 
 
@@ -91,7 +92,7 @@ class _SealBroken(Exception):
 def _render(argv: list[str]) -> int:
     from gosok.benchmarks.core.registry import for_kind
 
-    parser = _Parser(prog="gosok report", usage=USAGE)
+    parser = _Parser(prog="gosok report", usage=PARSER_USAGE)
     parser.add_argument("results")
     parser.add_argument("--plot", help="also write a PNG plot here")
     parser.add_argument("--out-dir", help="write Markdown/HTML reports here (suite results)")
@@ -146,7 +147,7 @@ def _assessed(args: argparse.Namespace) -> list[Any]:
 
 
 def _verify(argv: list[str]) -> int:
-    parser = _Parser(prog="gosok report verify", usage=USAGE)
+    parser = _Parser(prog="gosok report verify", usage=PARSER_USAGE)
     parser.add_argument("results", nargs="+")
     _trust_options(parser)
     args = parser.parse_args(argv)
@@ -167,7 +168,7 @@ def _verify(argv: list[str]) -> int:
 def _sign(argv: list[str]) -> int:
     from gosok.launcher.results.signing import fingerprint, load_private_key, sign_file
 
-    parser = _Parser(prog="gosok report sign", usage=USAGE)
+    parser = _Parser(prog="gosok report sign", usage=PARSER_USAGE)
     parser.add_argument("results")
     parser.add_argument("--key", required=True, metavar="KEY")
     args = parser.parse_args(argv)
@@ -234,7 +235,7 @@ def _tolerance(text: str) -> float:
 def _compare(argv: list[str]) -> int:
     from gosok.benchmarks.core.registry import for_kind
 
-    parser = _Parser(prog="gosok report compare", usage=USAGE)
+    parser = _Parser(prog="gosok report compare", usage=PARSER_USAGE)
     parser.add_argument("baseline")
     parser.add_argument("candidate")
     parser.add_argument(
@@ -293,7 +294,7 @@ def _compare(argv: list[str]) -> int:
 def _audit(argv: list[str]) -> int:
     from gosok.benchmarks.report.audit import write_audit
 
-    parser = _Parser(prog="gosok report audit", usage=USAGE)
+    parser = _Parser(prog="gosok report audit", usage=PARSER_USAGE)
     parser.add_argument("results", nargs="+")
     parser.add_argument("--out-dir", required=True)
     _trust_options(parser)

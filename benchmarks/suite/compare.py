@@ -17,26 +17,19 @@ Use: ``rows = compare_docs(a, b, tolerance=0.05)``; ``regressions(rows)``.
 from __future__ import annotations
 
 import statistics
-from dataclasses import asdict, dataclass
 from typing import Any
 
+from gosok.benchmarks.core.compare import (  # noqa: F401  (re-exported for suite users)
+    CHANGED,
+    IMPROVED,
+    REGRESSION,
+    SAME,
+    CompareRow,
+    figure_row,
+    figure_rows,
+    regressions,
+)
 from gosok.benchmarks.suite.verdicts import SEVERITY
-
-REGRESSION, IMPROVED, SAME, CHANGED = "REGRESSION", "improved", "same", "changed"
-
-
-@dataclass(frozen=True)
-class CompareRow:
-    scope: str  # cluster | node <label>
-    figure: str
-    unit: str
-    baseline: float | str | None
-    candidate: float | str | None
-    change: float | None  # relative, (candidate - baseline) / baseline
-    status: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _median(values: list[float]) -> float | None:
@@ -91,19 +84,6 @@ def node_figures(doc: dict[str, Any]) -> dict[str, dict[str, float]]:
     return out
 
 
-def _row(scope: str, figure: str, unit: str, a: float | None, b: float | None, tol: float):
-    if a is None or b is None:
-        return CompareRow(scope, figure, unit, a, b, None, CHANGED if a != b else SAME)
-    change = (b - a) / a if a else 0.0
-    if change < -tol:
-        status = REGRESSION
-    elif change > tol:
-        status = IMPROVED
-    else:
-        status = SAME
-    return CompareRow(scope, figure, unit, a, b, change, status)
-
-
 def rederived(doc: dict[str, Any]) -> dict[str, Any]:
     """``doc`` with every figure, check, verdict and capacity re-derived from its raw data.
 
@@ -139,28 +119,12 @@ def compare_docs(a: dict[str, Any], b: dict[str, Any], tolerance: float = 0.05) 
             REGRESSION if fb > fa else (IMPROVED if fb < fa else SAME),
         )
     )
-    ca, cb = cluster_figures(a), cluster_figures(b)
-    for name in sorted(set(ca) | set(cb)):
-        unit = (ca.get(name) or cb.get(name))[1]  # type: ignore[index]
-        rows.append(
-            _row(
-                "cluster",
-                name,
-                unit,
-                (ca.get(name) or (None,))[0],
-                (cb.get(name) or (None,))[0],
-                tolerance,
-            )
-        )
+    rows += figure_rows(cluster_figures(a), cluster_figures(b), tolerance, "cluster")
     na, nb = node_figures(a), node_figures(b)
     for label in sorted(set(na) & set(nb)):
         for name in sorted(set(na[label]) & set(nb[label])):
             unit = "TFLOPS" if "tflops" in name else "GB/s"
             rows.append(
-                _row(f"node {label}", name, unit, na[label][name], nb[label][name], tolerance)
+                figure_row(f"node {label}", name, unit, na[label][name], nb[label][name], tolerance)
             )
     return rows
-
-
-def regressions(rows: list[CompareRow]) -> list[CompareRow]:
-    return [r for r in rows if r.status == REGRESSION]

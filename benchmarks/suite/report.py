@@ -26,9 +26,9 @@ from typing import Any
 
 from rich.console import Console
 from rich.markup import escape
-from rich.table import Table
 
-from gosok.benchmarks.suite.compare import REGRESSION, compare_docs, rederived, regressions
+from gosok.benchmarks.core.compare import print_rows
+from gosok.benchmarks.suite.compare import compare_docs, rederived, regressions
 from gosok.benchmarks.suite.verdicts import FAIL, PASS, WARN, check_from_dict
 from gosok.launcher.results.store import atomic_write_bytes
 
@@ -531,29 +531,8 @@ def render_comparison(a: dict[str, Any], b: dict[str, Any], rows: list[Any], tol
 def compare_suite(a: dict[str, Any], b: dict[str, Any], args: argparse.Namespace) -> int:
     a, b = rederived(a), rederived(b)
     rows = compare_docs(a, b, args.tolerance)
-    console = Console(highlight=False, soft_wrap=True)
-    table = Table(title=f"suite comparison (regression: drop > {args.tolerance:.0%})")
-    for column in ("status", "scope", "figure", "baseline", "candidate", "change"):
-        table.add_column(column)
-    for r in rows:
-        style = (
-            "bold red" if r.status == REGRESSION else ("green" if r.status == "improved" else "")
-        )
-        change = f"{r.change:+.1%}" if r.change is not None else ""
-        status = f"[{style}]{r.status}[/]" if style else r.status
-        unit = f" {r.unit}" if r.unit else ""
-        table.add_row(
-            status,
-            r.scope,
-            r.figure,
-            f"{_fmt(r.baseline)}{unit}",
-            f"{_fmt(r.candidate)}{unit}",
-            change,
-        )
-    console.print(table)
-    found = regressions(rows)
-    console.print(f"{len(found)} regression(s)")
+    code = print_rows(rows, f"suite comparison (regression: drop > {args.tolerance:.0%})")
     if args.out:
         atomic_write_bytes(args.out, render_comparison(a, b, rows, args.tolerance).encode())
-        console.print(f"comparison: {args.out}")
-    return 1 if found else 0
+        print(f"comparison: {args.out}")
+    return code

@@ -41,17 +41,25 @@ def token_file(name: str) -> Path:
     return state_dir() / f"local-{name}.token"
 
 
+_started_tokens: dict[str, str] = {}  # cluster name -> the token this process started it with
+
+
 def new_token(name: str) -> Path:
-    """A fresh Ray auth token for this cluster, readable by this user only."""
-    return write_token(token_file(name))
+    """A Ray auth token for a cluster this process starts, readable by this user only:
+    fresh for its first start; a cluster this process starts again (the next job of a ``-m``
+    sweep, once the previous one stopped it) gets the same one, because Ray reads a token
+    once per process and would present the old one to the new cluster."""
+    token = _started_tokens.setdefault(name, secrets.token_hex(32))
+    return write_token(token_file(name), token)
 
 
-def write_token(path: Path) -> Path:
-    """A fresh random Ray auth token in a new file readable by this user only."""
+def write_token(path: Path, token: str | None = None) -> Path:
+    """A Ray auth token (fresh and random unless given) in a new file readable by this user
+    only."""
     path.unlink(missing_ok=True)
     fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
     with os.fdopen(fd, "w") as handle:
-        handle.write(secrets.token_hex(32))
+        handle.write(token or secrets.token_hex(32))
     return path
 
 
@@ -391,6 +399,9 @@ def local_cluster(cluster: Any) -> Iterator[tuple[str, bool]]:
     for the duration of the block and stop it afterwards, also on errors and Ctrl-C."""
     state = load_state(cluster.name)
     if state and wait_until_ready(state, cluster.local.start_timeout_s):
+        if cluster.isolation != state.isolation:
+            # The run happens on the cluster that is up: its config says how it really ran.
+            cluster.isolation = state.isolation
         yield state.address, False
         return
     if state:

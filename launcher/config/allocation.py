@@ -1,6 +1,6 @@
 """The programme's allocation rules as pure functions (no Ray, no torch).
 
-Rules (DESIGN.md, "the programme's clusters"): per project at most 256 H200 GPUs on 32
+Rules (the programme's announcements): per project at most 256 H200 GPUs on 32
 servers and at most 128 B200 GPUs on 16 servers; 1 H100 = 1 H200 = 4 A100 in allocation
 units. Two tracks: the small track is 1-4 H100 GPUs on one server; the server track is
 8 or more GPUs as whole 8-GPU servers. Spare nodes count against the allocation. The CPU
@@ -94,7 +94,10 @@ def check_allocation(cluster: Any, track: str = "auto") -> list[str]:
         if servers > limit.max_servers or gpus > limit.max_gpus:
             problems.append(
                 f"{nodes} node(s) + {spare} spare x {per_node} GPUs = {gpus} {gpu} GPUs on "
-                f"{servers} server(s) exceeds the per-project limit ({limit.basis})"
+                f"{servers} server(s) exceeds the per-project limit ({limit.basis}); a "
+                "project's launch takes part of the cluster: set cluster.nodes="
+                f"{max(min(limit.max_servers, limit.max_gpus // per_node) - spare, 1)}"
+                " or fewer (the cluster's own acceptance run: allocation.track=none)"
             )
     return problems
 

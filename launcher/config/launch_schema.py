@@ -44,6 +44,9 @@ class ScriptJobConfig:
     #: their values are redacted in every file and everything printed.
     env_from_host: list[str] = field(default_factory=list)
     workdir: str = ""  # cwd of the ranks; empty: the launch directory
+    #: The directory shipped to every node, holding the script; empty: the script's own
+    #: directory (only the script when that is a shared temporary one such as /tmp).
+    code_dir: str = ""
 
 
 @dataclass
@@ -141,7 +144,7 @@ class FaultConfig:
 
 @dataclass
 class AllocationConfig:
-    """Which allocation track the job runs under (see DESIGN.md)."""
+    """Which allocation track the job runs under (rules in launcher/config/allocation.py)."""
 
     track: str = "auto"  # auto | small | server | none (skip the programme rules)
 

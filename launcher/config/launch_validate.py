@@ -46,6 +46,15 @@ def validate_script(job: Any, cwd: Path) -> list[str]:
         problems.append(f"job.python={job.python!r}: no such interpreter")
     if job.workdir and not Path(job.workdir).is_dir():
         problems.append(f"job.workdir={job.workdir!r}: no such directory")
+    if job.code_dir:
+        code = Path(job.code_dir) if Path(job.code_dir).is_absolute() else cwd / job.code_dir
+        if not code.is_dir():
+            problems.append(f"job.code_dir={job.code_dir!r}: no such directory")
+        elif path.is_file() and not path.resolve().is_relative_to(code.resolve()):
+            problems.append(
+                f"job.code_dir={job.code_dir!r} does not hold job.script={job.script!r}; "
+                "allowed: a directory the script is inside"
+            )
     problems += env_problems("job.env", list(job.env))
     problems += env_problems("job.env_from_host", list(job.env_from_host))
     missing = [n for n in job.env_from_host if isinstance(n, str) and n not in os.environ]

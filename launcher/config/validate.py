@@ -141,3 +141,39 @@ def loopback_problems(key: str, value: Any) -> list[str]:
 def raise_if(problems: list[str]) -> None:
     if problems:
         raise ConfigError(problems)
+
+
+def added_key_problems(cfg: Any, overrides: Sequence[str]) -> list[str]:
+    """``+key=value`` (and ``++``) that adds a key no schema has: Hydra accepts it silently
+    and nothing reads it, so a typo would run with the default. Keys added to free-form maps
+    (``+job.env.NAME=...``) are allowed."""
+    import dataclasses
+    import difflib
+
+    from omegaconf import DictConfig, OmegaConf
+
+    problems = []
+    for override in overrides:
+        if not override.startswith("+") or "=" not in override:
+            continue
+        key = override.lstrip("+").split("=", 1)[0].strip()
+        *parents, leaf = key.split(".")
+        node: Any = cfg
+        for part in parents:
+            node = node.get(part) if isinstance(node, DictConfig) else None
+        if not isinstance(node, DictConfig):
+            continue
+        schema = OmegaConf.get_type(node)
+        if schema is None or not dataclasses.is_dataclass(schema):
+            continue  # a free-form map
+        known = [f.name for f in dataclasses.fields(schema)]
+        if leaf in known:
+            continue
+        near = difflib.get_close_matches(leaf, known, n=3, cutoff=0.5)
+        hint = (
+            f"nearest: {', '.join('.'.join([*parents, n]) for n in near)}"
+            if near
+            else (f"allowed under {'.'.join(parents) or 'the top level'}: {', '.join(known)}")
+        )
+        problems.append(f"{key} is not a setting gosok knows ({override!r}); {hint}")
+    return problems

@@ -76,20 +76,30 @@ def printable(env: dict[str, str]) -> dict[str, str]:
     return {k: ("<the recipe config below>" if k == RECIPE_ENV else v) for k, v in env.items()}
 
 
-def shipped_code(script: Path, argv_index: int) -> dict[str, Any]:
-    """The script's directory packed for every node (see ``ranks.shipping``)."""
+def code_dir(job: Any, cwd: Path) -> Path | None:
+    if job.kind != "script" or not job.code_dir:
+        return None
+    return Path(job.code_dir) if Path(job.code_dir).is_absolute() else cwd / job.code_dir
+
+
+def shipped_code(script: Path, argv_index: int, code_dir: Path | None = None) -> dict[str, Any]:
+    """The code directory packed for every node (see ``ranks.shipping``)."""
     from dataclasses import asdict
 
     from gosok.launcher.errors import ConfigError
-    from gosok.launcher.ranks.shipping import ShippingError, pack
+    from gosok.launcher.ranks.shipping import ShippingError, is_shared_temp, pack
 
+    script = script.resolve()
+    directory = (code_dir or script.parent).resolve()
+    only = [script] if code_dir is None and is_shared_temp(directory) else None
     try:
-        bundle = pack(script.parent)
+        bundle = pack(directory, only=only)
     except (ShippingError, OSError) as err:
-        raise ConfigError([f"job.script={str(script)!r}: {err}"]) from err
+        key = "job.code_dir" if code_dir else "job.script"
+        raise ConfigError([f"{key}={str(code_dir or script)!r}: {err}"]) from err
     return {
         "bundle": asdict(bundle),
-        "bundle_script": str(script.relative_to(script.parent.resolve())),
+        "bundle_script": str(script.relative_to(directory)),
         "bundle_argv_index": argv_index,
     }
 
@@ -351,7 +361,9 @@ def launch_task(cfg: Any, console: Console) -> int:
         tee_ranks=list(cfg.tee_ranks),
         expect_heartbeat=plan.recipe is not None,
         total_steps=plan.total_steps,
-        code=shipped_code(Path(plan.argv[3]), 3) if plan.recipe is None else {},
+        code=shipped_code(Path(plan.argv[3]), 3, code_dir(cfg.job, cwd))
+        if plan.recipe is None
+        else {},
         preload=warm_preload(cfg.job),
         fresh_process=cfg.launch.fresh_process,
         profile=cfg.launch.profile,

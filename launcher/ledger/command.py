@@ -120,6 +120,9 @@ def _report(args: argparse.Namespace, console: Any) -> int:
     with _open_ledger(args.ledger, must_exist=True) as ledger:
         paths = write_report(ledger, out_dir, project=args.project, since_unix=args.since)
         rows = job_rows(ledger, args.project, args.since)
+        held = (
+            sorted({r["project"] for r in job_rows(ledger, None, args.since)}) if not rows else []
+        )
     table = Table(title=f"goodput ledger: {len(rows)} jobs")
     for column in ("job", "project", "cluster", "devices", "device-hours", "goodput", "exit"):
         table.add_column(column, justify="left" if column in ("job", "project") else "right")
@@ -134,6 +137,12 @@ def _report(args: argparse.Namespace, console: Any) -> int:
             "running" if r["running"] else (r["exit_status"] or ""),
         )
     console.print(table)
+    if not rows and (args.project or args.since):
+        asked = f"project {args.project!r}" if args.project else "that period"
+        console.print(
+            f"no jobs for {asked}; this ledger holds project(s): {', '.join(held) or 'none'} "
+            "(a run is booked with ledger.project=NAME)"
+        )
     for kind, path in paths.items():
         console.print(f"{kind}: {path}")
     return 0

@@ -1,6 +1,8 @@
 """Ship a job's code to every node: nothing is assumed to exist on a node except declared
-shared storage. The driver packs the script's directory once (a gzip'd tar in memory,
-``MAX_BYTES`` at most, with a clear error above); each node unpacks it once into its own
+shared storage. The driver packs the code directory once (the script's own unless
+``job.code_dir`` says; only the script when that is a shared temporary directory such as
+/tmp; files matching ``.gosokignore`` left out; a gzip'd tar in memory, ``MAX_BYTES`` at
+most, with a clear error above); each node unpacks it once into its own
 cache, keyed by the content's sha256, and ranks run the script from there.
 
 Use::
@@ -12,9 +14,11 @@ Use::
 
 from __future__ import annotations
 
+import fnmatch
 import hashlib
 import io
 import os
+import stat
 import tarfile
 import tempfile
 from dataclasses import dataclass
@@ -35,32 +39,85 @@ class Bundle:
     files: int
 
 
-def pack(directory: Path, limit: int = MAX_BYTES) -> Bundle:
-    """The directory's files (symlinks and skipped folders left out) as one tar.gz."""
+IGNORE_FILE = ".gosokignore"
+
+
+def is_shared_temp(directory: Path) -> bool:
+    """A directory every user writes to (world-writable and sticky, such as /tmp): not a
+    project's code directory, so only the script itself is shipped from it."""
+    mode = directory.stat().st_mode
+    return bool(mode & stat.S_ISVTX and mode & stat.S_IWOTH)
+
+
+def ignore_patterns(directory: Path) -> list[str]:
+    """Globs from ``<directory>/.gosokignore`` (one per line, ``#`` comments), matched
+    against each file's path relative to the directory and against every folder name."""
+    path = directory / IGNORE_FILE
+    if not path.is_file():
+        return []
+    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
+    return [line.rstrip("/") for line in lines if line]
+
+
+def _ignored(relative: str, patterns: list[str]) -> bool:
+    parts = relative.split("/")
+    return any(
+        fnmatch.fnmatch(relative, p) or any(fnmatch.fnmatch(part, p) for part in parts)
+        for p in patterns
+    )
+
+
+def _largest(files: list[tuple[str, int]], count: int = 3) -> str:
+    sizes: dict[str, int] = {}
+    for relative, size in files:
+        top = relative.split("/", 1)[0]
+        sizes[top] = sizes.get(top, 0) + size
+    biggest = sorted(sizes.items(), key=lambda item: -item[1])[:count]
+    return ", ".join(f"{name} ({size / (1 << 20):.1f} MiB)" for name, size in biggest)
+
+
+def pack(directory: Path, limit: int = MAX_BYTES, only: list[Path] | None = None) -> Bundle:
+    """The directory's files (symlinks, skipped folders and ``.gosokignore`` matches left
+    out), or just the ``only`` files in it, as one tar.gz."""
     directory = directory.resolve()
-    buffer = io.BytesIO()
-    count, total = 0, 0
-    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=3) as tar:
+    patterns = ignore_patterns(directory) if only is None else []
+    chosen: list[tuple[str, int]] = []
+    if only is not None:
+        chosen = [(str(p.resolve().relative_to(directory)), p.stat().st_size) for p in only]
+    else:
         for root, dirs, files in os.walk(directory):
-            dirs[:] = sorted(d for d in dirs if d not in SKIP_DIRS)
+            base = Path(root).relative_to(directory)
+            dirs[:] = sorted(
+                d for d in dirs
+                if d not in SKIP_DIRS and not _ignored((base / d).as_posix(), patterns)
+            )  # fmt: skip
             for name in sorted(files):
                 path = Path(root) / name
-                if path.is_symlink() or not path.is_file():
+                relative = (base / name).as_posix()
+                if path.is_symlink() or not path.is_file() or _ignored(relative, patterns):
                     continue
-                total += path.stat().st_size
-                if total > limit:
-                    raise ShippingError(
-                        f"{directory} holds more than {limit >> 20} MiB of files; gosok ships "
-                        "the script's directory to every node: move data out of it or put it "
-                        "on shared storage"
-                    )
-                info = tar.gettarinfo(str(path), arcname=str(path.relative_to(directory)))
-                info.uid = info.gid = 0
-                info.uname = info.gname = ""
-                info.mtime = 0
-                with open(path, "rb") as handle:
-                    tar.addfile(info, handle)
-                count += 1
+                chosen.append((relative, path.stat().st_size))
+    total = sum(size for _, size in chosen)
+    if total > limit:
+        raise ShippingError(
+            f"{directory} holds {total / (1 << 20):.0f} MiB of files, more than the "
+            f"{limit >> 20} MiB gosok ships to every node (largest: "
+            f"{_largest(chosen)}); leave them out with a {IGNORE_FILE} there (one "
+            "glob per line), ship a smaller directory with job.code_dir=..., or put data on "
+            "shared storage"
+        )
+    buffer = io.BytesIO()
+    count = 0
+    with tarfile.open(fileobj=buffer, mode="w:gz", compresslevel=3) as tar:
+        for relative, _ in chosen:
+            path = directory / relative
+            info = tar.gettarinfo(str(path), arcname=relative)
+            info.uid = info.gid = 0
+            info.uname = info.gname = ""
+            info.mtime = 0
+            with open(path, "rb") as handle:
+                tar.addfile(info, handle)
+            count += 1
     data = buffer.getvalue()
     return Bundle(hashlib.sha256(data).hexdigest(), data, count)
 

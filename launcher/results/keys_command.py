@@ -2,7 +2,7 @@
 
 Run::
 
-    gosok keys new --out ~/.gosok/bench   # writes bench.key (0600) and bench.pub (0644)
+    gosok keys new --out ~/.gosok/bench   # bench.key (0600), bench.pub (0644); ~/.gosok made 0700
     gosok keys show ~/.gosok/bench.pub    # prints ed25519:<sha256 hex of the raw key>
 
 ``run_keys_command(argv)`` takes the arguments after ``keys`` and returns the exit code: 0 on
@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import argparse
 import sys
+from pathlib import Path
 
 from .signing import fingerprint, load_public_key, new_keypair
 
@@ -48,6 +49,21 @@ def _parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _make_private_dirs(directory: Path) -> list[Path]:
+    """Create ``directory`` and any missing parents, each 0700 (only the user can list or
+    add keys there); returns the ones created. An existing directory is left as it is."""
+    missing = []
+    while not directory.exists() and not directory.is_symlink():
+        missing.append(directory)
+        directory = directory.parent
+    if not directory.is_dir():
+        raise ValueError(f"{directory} is not a directory")
+    for path in reversed(missing):
+        path.mkdir(mode=0o700)
+        path.chmod(0o700)  # whatever the umask
+    return list(reversed(missing))
+
+
 def _fail(message: str) -> int:
     print(f"gosok keys: error: {message}", file=sys.stderr)
     return 2
@@ -68,10 +84,13 @@ def run_keys_command(argv: list[str]) -> int:
         if not args.out:
             return _fail("keys new needs --out PREFIX (writes PREFIX.key and PREFIX.pub)")
         try:
+            made = _make_private_dirs(Path(args.out).expanduser().parent)
             key_path, pub_path = new_keypair(args.out)
             key_fp = fingerprint(load_public_key(pub_path))
         except (OSError, ValueError) as err:
             return _fail(str(err))
+        for directory in made:
+            print(f"created {directory}  (mode 0700)")
         print(f"private key: {key_path}  (keep secret; mode 0600)")
         print(f"public key:  {pub_path}  (give this to auditors)")
         print(f"fingerprint: {key_fp}")

@@ -34,3 +34,33 @@ def test_too_large_and_damaged_bundles_are_refused(tmp_path):
     bundle = pack(src)
     with pytest.raises(ShippingError, match="damaged"):
         unpack(Bundle(bundle.sha256, bundle.data[:-3], 1), tmp_path)
+
+
+def test_gosokignore_narrows_and_the_refusal_names_the_fixes(tmp_path):
+    src = tmp_path / "job"
+    (src / "data" / "shards").mkdir(parents=True)
+    (src / "train.py").write_text("print('hi')\n")
+    (src / "data" / "shards" / "big.bin").write_bytes(b"0" * 8192)
+    (src / "notes.ckpt").write_bytes(b"0" * 4096)
+    with pytest.raises(ShippingError) as refused:
+        pack(src, limit=4096)
+    said = str(refused.value)
+    assert "data (0.0 MiB)" in said and ".gosokignore" in said and "job.code_dir" in said
+    (src / ".gosokignore").write_text("# data stays on shared storage\ndata/\n*.ckpt\n")
+    bundle = pack(src, limit=4096)
+    assert bundle.files == 2  # train.py and .gosokignore
+
+
+def test_from_a_shared_temp_directory_only_the_script_is_shipped(tmp_path):
+    import os
+
+    from gosok.launcher.ranks.shipping import is_shared_temp
+
+    shared = tmp_path / "tmp"
+    shared.mkdir()
+    os.chmod(shared, 0o1777)
+    (shared / "probe.py").write_text("print('probe')\n")
+    (shared / "someone-elses.bin").write_bytes(b"0" * 8192)
+    assert is_shared_temp(shared) and not is_shared_temp(tmp_path)
+    bundle = pack(shared, limit=4096, only=[shared / "probe.py"])
+    assert bundle.files == 1

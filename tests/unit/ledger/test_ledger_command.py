@@ -37,6 +37,13 @@ def test_report_prints_jobs_and_writes_files(ledger_file, tmp_path, capsys):
         == 0
     )
     assert "0 jobs" in capsys.readouterr().out
+    other = ["--project", "llm"]
+    assert (
+        run_ledger_command(["report", "--ledger", str(ledger_file), "--out-dir", str(out), *other])
+        == 0
+    )
+    said = capsys.readouterr().out
+    assert "no jobs for project 'llm'" in said and "holds project(s): p" in said
 
 
 def test_watch_runs_for_its_duration(tmp_path, capsys):

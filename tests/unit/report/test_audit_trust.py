@@ -411,3 +411,25 @@ def test_sign_key_and_nonce_are_validated(tmp_path: Path, keys) -> None:
         cfg.audit.nonce = nonce
         (problem,) = validate_trust(cfg)
         assert problem.startswith("audit.nonce=") and needle in problem
+
+
+@pytest.mark.parametrize("kind", ["collectives", "gemm"])
+def test_compare_works_on_every_results_kind(tmp_path: Path, capsys, kind: str) -> None:
+    """Baseline against itself: no regression; against a run whose raw times doubled (the
+    figures re-derived from them halve): a regression, exit 1."""
+    make = collectives_doc if kind == "collectives" else gemm_doc
+    base = tmp_path / "base.json"
+    save(base, make())
+    slower = tmp_path / "slower.json"
+    save(slower, make())
+    field = "per_rank_time_us" if kind == "collectives" else "times_us"
+
+    def double(doc: dict[str, Any]) -> None:
+        for record in doc["records"]:
+            record[field] = [t * 2 for t in record[field]]
+
+    edit(slower, double)
+    code, out = cli(capsys, "compare", base, base)
+    assert code == 0 and "0 regression(s)" in out, out
+    code, out = cli(capsys, "compare", base, slower)
+    assert code == 1 and "REGRESSION" in out, out

@@ -469,7 +469,7 @@ def test_keys_new_and_show(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -
         (["new"], "needs --out"),
         (["new", "--out"], "--out"),
         (["new", "--out", "{tmp}/exists"], "already exists"),
-        (["new", "--out", "{tmp}/no/such/dir/k"], "does not exist"),
+        (["new", "--out", "{tmp}/exists.key/k"], "is not a directory"),
         (["show"], "needs a public key file"),
         (["show", "{tmp}/absent.pub"], "not found"),
         (["show", "{tmp}/exists.key"], "is a private key"),
@@ -489,6 +489,15 @@ def test_keys_errors_are_one_line(tmp_path, capsys, argv: list[str], message: st
     assert len(lines) == 1 and lines[0].startswith("gosok keys: error: ")
     assert message in lines[0]
     assert "Traceback" not in captured.err
+
+
+def test_keys_new_creates_missing_directories_private(tmp_path, capsys) -> None:
+    prefix = tmp_path / "home" / ".gosok" / "provider"
+    assert keys_command.run_keys_command(["new", "--out", str(prefix)]) == 0
+    for directory in (tmp_path / "home", tmp_path / "home" / ".gosok"):
+        assert directory.stat().st_mode & 0o777 == 0o700
+    assert prefix.with_suffix(".key").stat().st_mode & 0o777 == 0o600
+    assert "created" in capsys.readouterr().out
 
 
 def test_keys_help(capsys: pytest.CaptureFixture[str]) -> None:
