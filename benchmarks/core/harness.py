@@ -124,6 +124,14 @@ def write_run_results(
     path = run_dir() / (name or cfg.output.results_name)
     doc, unsigned_because = _audit_and_sign(doc, cfg, session)
     write_results(path, doc)
+    signature = doc.get("signature") or {}
+    if signature.get("public_key_fingerprint"):
+        nonce = (doc.get("audit") or {}).get("nonce")
+        print(
+            f"signed: {path} with key {signature['public_key_fingerprint']}"
+            + (f", auditor's nonce {nonce!r}" if nonce else ""),
+            flush=True,
+        )
     if unsigned_because:
         from gosok.launcher.errors import GosokError
 

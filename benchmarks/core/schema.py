@@ -59,6 +59,6 @@ def register_bench_schemas() -> None:
 
     cs = ConfigStore.instance()
     cs.store(name="base_bench_run", node=BenchRunConfig)
-    cs.store(group="bench", name="base_collectives", node=CollectivesBenchConfig)
-    cs.store(group="bench", name="base_gemm", node=GemmBenchConfig)
-    cs.store(group="suite", name="base_suite", node=SuiteConfig)
+    cs.store(group="schema/bench", name="base_collectives", node=CollectivesBenchConfig)
+    cs.store(group="schema/bench", name="base_gemm", node=GemmBenchConfig)
+    cs.store(group="schema/suite", name="base_suite", node=SuiteConfig)

@@ -44,6 +44,7 @@ def run_cluster_command(cfg: Any, console: Any) -> int:
             f"cluster.kind={cluster.kind!r} is run by its provider"
         )
     if action == "up":
+        console.print(f"starting local cluster {cluster.name!r} ({cluster.nodes} node(s)) ...")
         state = local_cluster.start(cluster)
         console.print(
             f"local cluster {cluster.name!r} up at {state.address}: "

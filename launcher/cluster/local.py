@@ -406,7 +406,19 @@ def local_cluster(cluster: Any) -> Iterator[tuple[str, bool]]:
         return
     if state:
         stop(cluster.name)
-    state = start(cluster)
+    begun = time.monotonic()
+    where = "separate netns hosts" if cluster.isolation == "netns" else "loopback"
+    print(
+        f"starting local Ray cluster {cluster.name!r}: {cluster.nodes} node(s) x "
+        f"{cluster.gpus_per_node} rank slots on {where} ...",
+        end="", flush=True,
+    )  # fmt: skip
+    try:
+        state = start(cluster)
+    except BaseException:
+        print(" failed", flush=True)
+        raise
+    print(f" up in {time.monotonic() - begun:.0f} s", flush=True)
     try:
         yield state.address, True
     finally:

@@ -189,8 +189,8 @@ class LaunchConfig:
 
 def register_launch_schemas() -> None:
     cs = ConfigStore.instance()
-    cs.store(group="job", name="base_script_job", node=ScriptJobConfig)
-    cs.store(group="job", name="base_recipe_job", node=RecipeJobConfig)
-    cs.store(group="deepspeed", name="base_deepspeed", node=DeepSpeedConfig)
-    cs.store(group="logger", name="base_logger", node=LoggerConfig)
+    cs.store(group="schema/job", name="base_script_job", node=ScriptJobConfig)
+    cs.store(group="schema/job", name="base_recipe_job", node=RecipeJobConfig)
+    cs.store(group="schema/deepspeed", name="base_deepspeed", node=DeepSpeedConfig)
+    cs.store(group="schema/logger", name="base_logger", node=LoggerConfig)
     cs.store(name="base_launch", node=LaunchConfig)

@@ -1,7 +1,8 @@
 """Typed schemas for every gosok config group, registered in Hydra's ConfigStore.
 
-Each YAML file under ``configs/<group>/`` starts with ``defaults: [<schema>, _self_]`` so
-Hydra merges it onto one of these dataclasses: a misspelt key or a wrong type is
+Each YAML file under ``configs/<group>/`` starts with ``defaults: [/schema/<group>@_here_:
+<schema>, _self_]`` so Hydra merges it onto one of these dataclasses (kept in the ``schema/``
+groups, so they are never offered as choices of ``<group>=``): a misspelt key or a wrong type is
 refused by Hydra at compose time with the full key in the message. Semantic rules
 (ranges, allowed names, cross-field checks) live in ``launcher.validate``.
 
@@ -92,5 +93,5 @@ def register_schemas() -> None:
 
     register_resolver()
     cs = ConfigStore.instance()
-    cs.store(group="cluster", name="base_cluster", node=ClusterConfig)
+    cs.store(group="schema/cluster", name="base_cluster", node=ClusterConfig)
     cs.store(name="base_cluster_command", node=ClusterCommandConfig)

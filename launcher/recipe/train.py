@@ -330,7 +330,6 @@ def main(argv: list[str] | None = None) -> None:
             atomic_write_bytes(cfg["result_file"], (json.dumps(result, indent=1) + "\n").encode())
         # The result travels back to the driver with rank 0's last heartbeat.
         beat(job["steps"], loss=loss_value, restarts=restarts, result=result, **report)
-        print(f"final loss {loss_value:.6f}", flush=True)
         logger.finish()
     dist.barrier()
     dist.destroy_process_group()
