@@ -109,6 +109,7 @@ def filled(command: str, place: dict) -> list[str]:
     text = command.replace(" ...", "").replace("[--plot busbw.png]", "--plot busbw.png")
     text = text.replace("<theirs>", "naver_h200_32 cluster.address=HEAD:6379")
     text = text.replace("outputs/bench/<run>/", "outputs/bench/run/")
+    text = text.replace("outputs/launch/<run>", "outputs/launch/run").replace("<yours>", "llm")
     text = text.replace("/tmp/probe.py", str(place["probe"]))
     text = text.replace("~/", f"{place['home']}/")
     argv = shlex.split(text)[1:]
