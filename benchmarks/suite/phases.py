@@ -126,13 +126,23 @@ def _sweep_config(phase: Any, scope: str, ops: list[str] | None = None) -> Any:
 def _repeated_sweep(
     ctx: PhaseContext, phase: Any, groups: list[list[int]], scope: str
 ) -> list[dict[str, Any]]:
+    from rich.console import Console
+
     from gosok.benchmarks.collectives.driver import measure_collectives
 
     records = []
     bench = _sweep_config(phase, scope)
+    quiet = Console(quiet=True)
     for repeat in range(phase.repeats):
         bench.check = repeat == 0  # correctness once; later repeats only time
-        for record in measure_collectives(ctx.group, bench, ctx.console, groups=groups):
+        if repeat == 0:  # one table per phase, named; the repeats are in results.json
+            ctx.console.print(
+                f"## {scope} collectives ({len(groups)} group(s)); the first of "
+                f"{phase.repeats} repeat(s) shown",
+                highlight=False, markup=False,
+            )  # fmt: skip
+        console = ctx.console if repeat == 0 else quiet
+        for record in measure_collectives(ctx.group, bench, console, groups=groups):
             records.append({**record, "repeat": repeat})
     return records
 

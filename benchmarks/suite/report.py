@@ -20,6 +20,7 @@ import argparse
 import base64
 import html
 import statistics
+import textwrap
 from collections import defaultdict
 from pathlib import Path
 from typing import Any
@@ -114,7 +115,15 @@ def summary_lines(doc: dict[str, Any], width: int = 80) -> list[str]:
         unit = f" {worst.unit}" if worst.unit and worst in numeric else ""
         lines.append(f"{status} {name}: {len(group)} x ({subjects})")
         lines.append(f"     worst {_fmt(worst.value)}{unit}; expected {worst.expectation}")
-    return [line if len(line) < width else line[: width - 5] + " ..." for line in lines]
+    # Long lines wrap at spaces, never inside a number or a name.
+    return [
+        part
+        for line in lines
+        for part in textwrap.wrap(
+            line, width - 1, subsequent_indent="       ", break_long_words=False,
+            break_on_hyphens=False, drop_whitespace=True,
+        ) or [line]
+    ]  # fmt: skip
 
 
 def print_summary(doc: dict[str, Any], console: Console) -> None:
