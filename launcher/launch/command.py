@@ -369,6 +369,14 @@ def launch_task(cfg: Any, console: Console) -> int:
         profile=cfg.launch.profile,
     )
     console.print(f"run {plan.run_id} in {run_dir}", highlight=False)
+    bundle = spec.code.get("bundle") or {}
+    if bundle:
+        left_out = list(bundle.get("left_out") or [])
+        console.print(
+            f"code: {bundle['files']} file(s) shipped to every node"
+            + (f"; left out: {', '.join(left_out[:8])}" if left_out else ""),
+            highlight=False, markup=False,
+        )  # fmt: skip
     say = lambda text: console.print(text, markup=False, highlight=False)  # noqa: E731
     recorder = LaunchRecorder.for_launch(cfg, plan, say)
     with recorder, ray_cluster(cfg.cluster) as connection:

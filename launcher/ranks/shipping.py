@@ -14,7 +14,6 @@ Use::
 
 from __future__ import annotations
 
-import fnmatch
 import hashlib
 import io
 import os
@@ -23,6 +22,8 @@ import tarfile
 import tempfile
 from dataclasses import dataclass
 from pathlib import Path
+
+import pathspec
 
 MAX_BYTES = 64 << 20
 SKIP_DIRS = {".git", "__pycache__", ".venv", "venv", "outputs", "multirun", "wandb", ".tox"}
@@ -37,6 +38,7 @@ class Bundle:
     sha256: str
     data: bytes
     files: int
+    left_out: tuple[str, ...] = ()  # credentials and .gosokignore matches, as paths
 
 
 IGNORE_FILE = ".gosokignore"
@@ -49,22 +51,19 @@ def is_shared_temp(directory: Path) -> bool:
     return bool(mode & stat.S_ISVTX and mode & stat.S_IWOTH)
 
 
-def ignore_patterns(directory: Path) -> list[str]:
-    """Globs from ``<directory>/.gosokignore`` (one per line, ``#`` comments), matched
-    against each file's path relative to the directory and against every folder name."""
+# Credentials never travel with the code, whatever .gosokignore says.
+NEVER_SHIPPED = [
+    ".env", ".env.*", ".netrc", ".ssh/", ".git-credentials", ".pypirc", ".aws/", ".docker/",
+    "*.pem", "*.key", "*.p12", "id_rsa*", "id_ed25519*",
+]  # fmt: skip
+
+
+def ignore_spec(directory: Path) -> pathspec.GitIgnoreSpec:
+    """What is left out: the credentials above, then ``<directory>/.gosokignore`` (gitignore
+    syntax: ``data/``, ``*.ckpt``, ``!keep.me``)."""
     path = directory / IGNORE_FILE
-    if not path.is_file():
-        return []
-    lines = (line.split("#", 1)[0].strip() for line in path.read_text().splitlines())
-    return [line.rstrip("/") for line in lines if line]
-
-
-def _ignored(relative: str, patterns: list[str]) -> bool:
-    parts = relative.split("/")
-    return any(
-        fnmatch.fnmatch(relative, p) or any(fnmatch.fnmatch(part, p) for part in parts)
-        for p in patterns
-    )
+    lines = path.read_text().splitlines() if path.is_file() else []
+    return pathspec.GitIgnoreSpec.from_lines([*lines, *NEVER_SHIPPED])
 
 
 def _largest(files: list[tuple[str, int]], count: int = 3) -> str:
@@ -80,21 +79,30 @@ def pack(directory: Path, limit: int = MAX_BYTES, only: list[Path] | None = None
     """The directory's files (symlinks, skipped folders and ``.gosokignore`` matches left
     out), or just the ``only`` files in it, as one tar.gz."""
     directory = directory.resolve()
-    patterns = ignore_patterns(directory) if only is None else []
+    spec = ignore_spec(directory)
     chosen: list[tuple[str, int]] = []
+    left_out: list[str] = []
     if only is not None:
         chosen = [(str(p.resolve().relative_to(directory)), p.stat().st_size) for p in only]
     else:
         for root, dirs, files in os.walk(directory):
             base = Path(root).relative_to(directory)
-            dirs[:] = sorted(
-                d for d in dirs
-                if d not in SKIP_DIRS and not _ignored((base / d).as_posix(), patterns)
-            )  # fmt: skip
+            kept_dirs = []
+            for d in sorted(dirs):
+                if d in SKIP_DIRS:
+                    continue
+                if spec.match_file(f"{(base / d).as_posix()}/"):
+                    left_out.append(f"{(base / d).as_posix()}/")
+                else:
+                    kept_dirs.append(d)
+            dirs[:] = kept_dirs
             for name in sorted(files):
                 path = Path(root) / name
                 relative = (base / name).as_posix()
-                if path.is_symlink() or not path.is_file() or _ignored(relative, patterns):
+                if path.is_symlink() or not path.is_file():
+                    continue
+                if spec.match_file(relative):
+                    left_out.append(relative)
                     continue
                 chosen.append((relative, path.stat().st_size))
     total = sum(size for _, size in chosen)
@@ -119,7 +127,7 @@ def pack(directory: Path, limit: int = MAX_BYTES, only: list[Path] | None = None
                 tar.addfile(info, handle)
             count += 1
     data = buffer.getvalue()
-    return Bundle(hashlib.sha256(data).hexdigest(), data, count)
+    return Bundle(hashlib.sha256(data).hexdigest(), data, count, tuple(left_out))
 
 
 def cache_root() -> Path:

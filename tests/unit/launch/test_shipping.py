@@ -49,6 +49,21 @@ def test_gosokignore_narrows_and_the_refusal_names_the_fixes(tmp_path):
     (src / ".gosokignore").write_text("# data stays on shared storage\ndata/\n*.ckpt\n")
     bundle = pack(src, limit=4096)
     assert bundle.files == 2  # train.py and .gosokignore
+    assert set(bundle.left_out) == {"data/", "notes.ckpt"}
+
+
+def test_credentials_never_ship(tmp_path):
+    src = tmp_path / "job"
+    (src / ".ssh").mkdir(parents=True)
+    (src / ".ssh" / "id_ed25519").write_text("secret")
+    for name in (".env", ".env.local", ".netrc", "provider.key", "tls.pem", "train.py"):
+        (src / name).write_text("x")
+    (src / ".gosokignore").write_text("!provider.key\n")  # cannot be brought back
+    bundle = pack(src)
+    assert bundle.files == 2  # train.py, .gosokignore
+    assert {".ssh/", ".env", ".env.local", ".netrc", "provider.key", "tls.pem"} <= set(
+        bundle.left_out
+    )
 
 
 def test_from_a_shared_temp_directory_only_the_script_is_shipped(tmp_path):
