@@ -32,7 +32,7 @@ from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
-from gosok.benchmarks.report.trust import OK, Assessment
+from gosok.benchmarks.report.trust import OK, Assessment, printable
 from gosok.launcher.results.store import atomic_write_bytes
 
 METRICS = (
@@ -473,7 +473,10 @@ def plot_gpu_type(rows: list[AuditRow], path: Path) -> Path | None:
 
 
 def _md_cell(text: Any) -> str:
-    return str(text).replace("|", "\\|").replace("\n", " ")
+    """A Markdown table cell from text a results file supplied: no control character, no
+    markup (``<``, ``>``, ``&``, ``|``) that could hide or forge rows."""
+    cell = printable(text).replace("&", "&amp;").replace("<", "&lt;").replace(">", "&gt;")
+    return cell.replace("|", "\\|")
 
 
 def _md_table(head: list[str], rows: list[list[str]]) -> str:
@@ -498,7 +501,7 @@ def render_markdown(rows: list[AuditRow], plots: dict[str, Path]) -> str:
     parts = ["# gosok audit", "", *_intro(rows, groups), "", "## Trust", ""]
     parts += [_md_table(TRUST_HEAD, trust_rows(rows)), ""]
     for key, members in groups.items():
-        parts += [f"## GPU type: {members[0].gpu_name} ({key})", ""]
+        parts += [f"## GPU type: {_md_cell(members[0].gpu_name)} ({_md_cell(key)})", ""]
         head, lines = side_by_side(members)
         parts += [_md_table(head, lines), ""]
         if key in plots:

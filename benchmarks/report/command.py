@@ -31,6 +31,7 @@ from gosok.benchmarks.report.trust import (
     check_nonces,
     load_input,
     load_public_keys,
+    printable,
     rederive_doc,
 )
 
@@ -312,7 +313,7 @@ def _audit(argv: list[str]) -> int:
         return _fail(" audit", f"--out-dir {args.out_dir}: {err.strerror or err}")
     for verdict in assessments:
         state = "VERIFIED" if verdict.passed else f"NOT VERIFIED ({', '.join(verdict.failed())})"
-        print(f"{state}  {verdict.path}")
+        print(printable(f"{state}  {verdict.path}"))
     for path in written:
         print(f"audit: {path}")
     return 0 if all(v.passed for v in assessments) else 1

@@ -19,6 +19,7 @@ contract or settings are not gosok's own).
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -36,6 +37,16 @@ from gosok.launcher.results.store import SCHEMA, verify
 
 OK, FAIL, NOT_CHECKED, NOTE = "OK", "FAIL", "NOT CHECKED", "NOTE"
 MAX_FILE_BYTES = 1 << 30
+
+
+_CONTROL = re.compile(r"[\x00-\x1f\x7f-\x9f\u2028\u2029]")
+
+
+def printable(text: Any) -> str:
+    """``text`` with every control character (escape sequences, carriage returns, line
+    breaks) shown as ``\\xNN``: what a results file says can never move the cursor, rewrite a
+    line of ``verify``'s output or start a new one."""
+    return _CONTROL.sub(lambda m: f"\\x{ord(m.group()):02x}", str(text))
 
 
 class InputError(ValueError):
@@ -66,6 +77,8 @@ def load_input(path: str | Path) -> tuple[dict[str, Any], bool]:
         ) from None
     except RecursionError:
         raise InputError(f"{path}: JSON nested too deeply to be a results file") from None
+    except ValueError as err:  # an integer longer than Python converts (4300 digits)
+        raise InputError(f"{path}: not a results file: {str(err).split(':')[0]}") from None
     if not isinstance(doc, dict):
         what = {list: "an array", str: "a string"}.get(type(doc), f"a {type(doc).__name__}")
         raise InputError(f"{path}: a results file is a JSON object; this is {what}")
@@ -152,7 +165,7 @@ class Assessment:
             if len(a.more) > limit:
                 out.append(f"      - ... and {len(a.more) - limit} more")
         verdict = "VERIFIED" if self.passed else "NOT VERIFIED (" + ", ".join(self.failed()) + ")"
-        return [f"{self.path}: {verdict}", *out]
+        return [printable(line) for line in (f"{self.path}: {verdict}", *out)]
 
 
 def _signed_by(doc: dict[str, Any]) -> str | None:

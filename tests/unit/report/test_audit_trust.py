@@ -273,8 +273,9 @@ def test_compare_refuses_different_gpu_types_and_bad_tolerances(tmp_path: Path, 
         '{"a": 1}',
         '{"schema": "gosok.results/1", "kind": 5}',
         '"text"',
+        '{"schema": "gosok.results/1", "kind": "suite", "n": ' + "9" * 5000 + "}",
     ],
-    ids=["list", "truncated", "empty", "foreign", "kind-type", "string"],
+    ids=["list", "truncated", "empty", "foreign", "kind-type", "string", "huge-int"],
 )
 @pytest.mark.parametrize("command", [[], ["verify"], ["compare"], ["audit"], ["sign"]])
 def test_malformed_inputs_are_one_line_exit_2(
@@ -433,3 +434,18 @@ def test_compare_works_on_every_results_kind(tmp_path: Path, capsys, kind: str) 
     assert code == 0 and "0 regression(s)" in out, out
     code, out = cli(capsys, "compare", base, slower)
     assert code == 1 and "REGRESSION" in out, out
+
+
+def test_what_a_file_says_cannot_rewrite_the_output_or_forge_rows(tmp_path: Path, capsys) -> None:
+    """A provider label with a carriage return and markup, a fingerprint with a terminal
+    escape sequence: printed and rendered as visible escapes, never acted on."""
+    path = tmp_path / "evil.json"
+    doc = collectives_doc()
+    doc["config"]["cluster"]["provider"] = "B\r| FAIL rows end here <!-- hidden -->"
+    doc["signature"] = {"public_key_fingerprint": "ed25519:\x1b[2K\x1b[1GVERIFIED"}
+    save(path, doc)
+    code, out = cli(capsys, "verify", path)
+    assert "\x1b" not in out and "\\x1b[2K" in out
+    code, out = cli(capsys, "audit", path, "--out-dir", tmp_path / "audit")
+    md = (tmp_path / "audit" / "audit.md").read_text()
+    assert "\r" not in md and "<!--" not in md and "&lt;!-- hidden --&gt;" in md
