@@ -268,7 +268,7 @@ def audit_row(assessment: Assessment) -> AuditRow:
         nonce=_aspect_text(nonce),
         figures=_aspect_text(figures),
         sha256=_str(original.get("sha256"), ""),
-        passed=assessment.passed,
+        passed=assessment.verified,  # an unsigned or unchecked file is not verified
         notes=notes,
     )
 

@@ -37,7 +37,7 @@ from gosok.benchmarks.report.trust import (
 
 SUBCOMMANDS = ("verify", "sign", "compare", "audit")
 USAGE = """usage: gosok report RESULTS [--plot PNG] [--out-dir DIR]
-       gosok report verify RESULTS... [--public-key PUB ...] [--nonce N ...]
+       gosok report verify RESULTS... [--public-key PUB ...] [--nonce N ...] [--allow-unsigned]
        gosok report sign RESULTS --key KEY
        gosok report compare BASELINE CANDIDATE [--tolerance 0.05] [--out MD]
                                                [--allow-different-gpus]
@@ -151,6 +151,11 @@ def _verify(argv: list[str]) -> int:
     parser = _Parser(prog="gosok report verify", usage=PARSER_USAGE)
     parser.add_argument("results", nargs="+")
     _trust_options(parser)
+    parser.add_argument(
+        "--allow-unsigned",
+        action="store_true",
+        help="exit 0 for a file that holds up but is unsigned (it still says UNSIGNED)",
+    )
     args = parser.parse_args(argv)
     try:
         verdicts = _assessed(args)
@@ -161,7 +166,7 @@ def _verify(argv: list[str]) -> int:
         print("\n".join(verdict.lines()))
         if verdict.malformed:
             status = 2
-        elif not verdict.passed:
+        elif not verdict.passed or not (verdict.verified or args.allow_unsigned):
             status = max(status, 1)
     return status
 
@@ -312,11 +317,10 @@ def _audit(argv: list[str]) -> int:
     except OSError as err:
         return _fail(" audit", f"--out-dir {args.out_dir}: {err.strerror or err}")
     for verdict in assessments:
-        state = "VERIFIED" if verdict.passed else f"NOT VERIFIED ({', '.join(verdict.failed())})"
-        print(printable(f"{state}  {verdict.path}"))
+        print(printable(f"{verdict.verdict()}  {verdict.path}"))
     for path in written:
         print(f"audit: {path}")
-    return 0 if all(v.passed for v in assessments) else 1
+    return 0 if all(v.verified for v in assessments) else 1
 
 
 COMMANDS = {"verify": _verify, "sign": _sign, "compare": _compare, "audit": _audit}

@@ -157,6 +157,21 @@ class Assessment:
     def failed(self) -> list[str]:
         return [a.name for a in self.aspects if a.status == FAIL]
 
+    @property
+    def verified(self) -> bool:
+        """Every aspect holds and a key the auditor gave verified the signature: an unsigned
+        file, or one whose signature was not checked, is never VERIFIED."""
+        return self.passed and self.signature is not None and self.signature.ok
+
+    def verdict(self) -> str:
+        if not self.passed:
+            return "NOT VERIFIED (" + ", ".join(self.failed()) + ")"
+        if self.verified:
+            return "VERIFIED"
+        if _signed_by(self.doc) is None:
+            return "UNSIGNED (nothing says who made it)"
+        return "SIGNATURE NOT CHECKED (give --public-key)"
+
     def lines(self, limit: int = 20) -> list[str]:
         out = []
         for a in self.aspects:
@@ -164,8 +179,7 @@ class Assessment:
             out += [f"      - {m}" for m in a.more[:limit]]
             if len(a.more) > limit:
                 out.append(f"      - ... and {len(a.more) - limit} more")
-        verdict = "VERIFIED" if self.passed else "NOT VERIFIED (" + ", ".join(self.failed()) + ")"
-        return [printable(line) for line in (f"{self.path}: {verdict}", *out)]
+        return [printable(line) for line in (f"{self.path}: {self.verdict()}", *out)]
 
 
 def _signed_by(doc: dict[str, Any]) -> str | None:

@@ -67,7 +67,8 @@ def test_report_rerenders_and_verify_detects_tampering(bench_run, tmp_path):
     shown = run_gosok("report", str(run_dir / "results.json"), "--plot", str(tmp_path / "p.png"))
     assert shown.returncode == 0 and "# Avg bus bandwidth" in shown.stdout
     assert (tmp_path / "p.png").exists()
-    assert run_gosok("report", "verify", str(run_dir / "results.json")).returncode == 0
+    unsigned = run_gosok("report", "verify", str(run_dir / "results.json"), "--allow-unsigned")
+    assert unsigned.returncode == 0 and "UNSIGNED" in unsigned.stdout
     doc = json.loads((run_dir / "results.json").read_text())
     doc["records"][0]["busbw_gbps"] *= 2
     edited = tmp_path / "edited.json"

@@ -71,9 +71,21 @@ def test_an_intact_signed_file_verifies(tmp_path: Path, keys, capsys, kind: str)
     assert code == 0, out
     for aspect in ("seal", "signature", "nonce", "figures"):
         assert f"  {aspect:<10s} OK" in out, out
-    # Without a public key: seal and figures only, and it says the signature was not checked.
+    # Without a public key: seal and figures only, never VERIFIED: it says the signature was
+    # not checked, and exits 1 unless the auditor allows that.
     code, out = cli(capsys, "verify", path)
-    assert code == 0 and "signature was not checked" in out and "signed by ed25519:" in out
+    assert code == 1 and "signature was not checked" in out and "signed by ed25519:" in out
+    assert "SIGNATURE NOT CHECKED" in out and "VERIFIED\n" not in out
+    assert cli(capsys, "verify", path, "--allow-unsigned")[0] == 0
+
+
+def test_an_unsigned_file_is_never_verified(tmp_path: Path, capsys) -> None:
+    path = tmp_path / "unsigned.json"
+    save(path, collectives_doc())
+    code, out = cli(capsys, "verify", path)
+    assert code == 1 and ": UNSIGNED" in out and "VERIFIED" not in out.replace("NOT VERIFIED", "")
+    code, out = cli(capsys, "verify", path, "--allow-unsigned")
+    assert code == 0 and ": UNSIGNED" in out
 
 
 # --- forgeries ------------------------------------------------------------------------------
