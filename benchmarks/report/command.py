@@ -38,6 +38,7 @@ from gosok.benchmarks.report.trust import (
 SUBCOMMANDS = ("verify", "sign", "compare", "audit")
 USAGE = """usage: gosok report RESULTS [--plot PNG] [--out-dir DIR]
        gosok report verify RESULTS... [--public-key PUB ...] [--nonce N ...] [--allow-unsigned]
+       gosok report verify RESULTS... --registry REGISTRY.yaml
        gosok report sign RESULTS --key KEY
        gosok report compare BASELINE CANDIDATE [--tolerance 0.05] [--out MD]
                                                [--allow-different-gpus]
@@ -136,15 +137,36 @@ def _render(argv: list[str]) -> int:
 def _trust_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--public-key", action="append", metavar="PUB")
     parser.add_argument("--nonce", action="append")
+    parser.add_argument(
+        "--registry", metavar="YAML", help="the auditor's providers, their keys and clusters"
+    )
 
 
 def _assessed(args: argparse.Namespace) -> list[Any]:
     """Every results file of ``args`` loaded and assessed against the keys and nonces
-    given (``InputError`` when a key, nonce or file cannot be read)."""
-    keys = load_public_keys(args.public_key)
-    nonces = check_nonces(args.nonce)
+    given, or against the auditor's registry (``InputError`` when a key, nonce, registry or
+    file cannot be read)."""
+    if args.registry and (args.public_key or args.nonce):
+        raise InputError(
+            "give --registry or --public-key/--nonce, not both: the registry names each "
+            "provider's keys and each cluster's nonce"
+        )
     loaded = [(path, *load_input(path)) for path in args.results]
-    return [assess(path, doc, sealed, keys, nonces) for path, doc, sealed in loaded]
+    if not args.registry:
+        keys = load_public_keys(args.public_key)
+        nonces = check_nonces(args.nonce)
+        return [assess(path, doc, sealed, keys, nonces) for path, doc, sealed in loaded]
+    from gosok.benchmarks.report.registry import load_registry
+    from gosok.benchmarks.report.trust import FAIL, OK, Aspect
+
+    registry = load_registry(args.registry)
+    assessed = []
+    for path, doc, sealed in loaded:
+        found = assess(path, doc, sealed, registry.keys_for(doc), registry.nonces_for(doc))
+        ok, detail = registry.identity(doc, bool(found.signature and found.signature.ok))
+        found.aspects.insert(2, Aspect("identity", OK if ok else FAIL, detail))
+        assessed.append(found)
+    return assessed
 
 
 def _verify(argv: list[str]) -> int:

@@ -91,6 +91,10 @@ def place(tmp_path_factory):
         ledger.start_job("job-1", project="llm", cluster="c", gpu_type="H100", gpus=8,
                          started_unix=1.8e9)  # fmt: skip
         ledger.finish_job("job-1", exit_status="ok", finished_unix=1.8e9 + 3600)
+    (work / "registry.yaml").write_text(
+        "providers:\n  prov-c:\n    keys: [provider.pub]\n    clusters: [coll-cluster]\n"
+        "    nonces: {coll-cluster: N}\n"
+    )
     (work / "q3").mkdir()
     for i in range(2):
         save(work / "q3" / f"{i}.json", collectives_doc(nonce="N", seed=i), key)
