@@ -214,6 +214,10 @@ def audit_row(assessment: Assessment) -> AuditRow:
     metrics: dict[str, MetricCell] = {}
     capacity: dict[str, Any] = {}
     notes = list(assessment.rederived.notes)
+    for name in ("reference", "identity"):
+        aspect = assessment.aspect(name)
+        if aspect is not None and aspect.status == "FAIL":
+            notes += [f"{name} FAIL: {aspect.detail}", *(f"{name}: {m}" for m in aspect.more)]
     gpu_key, gpu_name, contract = _str(cluster.get("gpu")), _str(cluster.get("gpu")), "-"
     if kind == "suite":
         metrics = _suite_metrics(doc)

@@ -140,6 +140,9 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
     parser.add_argument(
         "--registry", metavar="YAML", help="the auditor's providers, their keys and clusters"
     )
+    parser.add_argument(
+        "--contract", metavar="NAME|PATH", help="the contract to judge by (default: gosok's own)"
+    )
 
 
 def _assessed(args: argparse.Namespace) -> list[Any]:
@@ -155,14 +158,20 @@ def _assessed(args: argparse.Namespace) -> list[Any]:
     if not args.registry:
         keys = load_public_keys(args.public_key)
         nonces = check_nonces(args.nonce)
-        return [assess(path, doc, sealed, keys, nonces) for path, doc, sealed in loaded]
+        return [
+            assess(path, doc, sealed, keys, nonces, contract=args.contract)
+            for path, doc, sealed in loaded
+        ]
     from gosok.benchmarks.report.registry import load_registry
     from gosok.benchmarks.report.trust import FAIL, OK, Aspect
 
     registry = load_registry(args.registry)
     assessed = []
     for path, doc, sealed in loaded:
-        found = assess(path, doc, sealed, registry.keys_for(doc), registry.nonces_for(doc))
+        found = assess(
+            path, doc, sealed, registry.keys_for(doc), registry.nonces_for(doc),
+            contract=args.contract,
+        )  # fmt: skip
         ok, detail = registry.identity(doc, bool(found.signature and found.signature.ok))
         found.aspects.insert(2, Aspect("identity", OK if ok else FAIL, detail))
         assessed.append(found)

@@ -292,8 +292,12 @@ def assess(
     keys: list[PublicKey],
     nonces: list[str],
     result: Rederivation | None = None,
+    contract: str | None = None,
 ) -> Assessment:
-    """Every aspect of one loaded results file (see the module doc)."""
+    """Every aspect of one loaded results file (see the module doc); ``contract`` is the
+    auditor's (a name or a path), else gosok's own is the reference."""
+    from gosok.benchmarks.report.reference import reference_aspect
+
     if sealed:
         seal = Aspect("seal", OK, "sha256 matches the content (an accident check only)")
     elif "sha256" not in doc:
@@ -306,6 +310,7 @@ def assess(
     nonce = nonce_aspect(doc, nonces, check)
     result = result if result is not None else rederive_doc(doc)
     aspects = [seal, signature, nonce, figures_aspect(result)]
+    aspects.append(reference_aspect(doc, result.doc, contract))
     if result.notes:
         aspects.append(
             Aspect("notes", NOTE, "judged with what the file recorded", list(result.notes))

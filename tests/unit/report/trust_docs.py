@@ -35,11 +35,12 @@ from gosok.benchmarks.compute.entries import (
     time_stats,
 )
 from gosok.benchmarks.compute.schema import ComputeProfile, GemmBenchConfig, resolved_profile
+from gosok.benchmarks.report.reference import reference_suite
 from gosok.benchmarks.suite.capacity import capacity
 from gosok.benchmarks.suite.evaluate import isolation_checks, isolation_reasons, key_figure
 from gosok.benchmarks.suite.isolation import isolate
 from gosok.benchmarks.suite.phases import compute_kernels, evaluate_phases
-from gosok.benchmarks.suite.schema import SuiteConfig, load_contract
+from gosok.benchmarks.suite.schema import load_contract
 from gosok.benchmarks.suite.verdicts import cluster_verdict, exit_code, failing_nodes, node_verdicts
 from gosok.launcher.config.catalogue import gpu_spec
 from gosok.launcher.results.signing import sign_doc
@@ -150,12 +151,8 @@ def suite_doc(
     """A suite results document as ``gosok bench suite=...`` writes it (unsealed)."""
     rng = random.Random(seed)
     spec, contract = gpu_spec(gpu), load_contract("auto", gpu)
-    suite = OmegaConf.structured(SuiteConfig(name="quick"))
-    suite.compute.gemm_size = 512
-    suite.compute.hbm_bytes = 1 << 20
-    for phase in (suite.intra_node, suite.inter_node):
-        phase.min_bytes, phase.max_bytes, phase.step_factor, phase.repeats = 1 << 20, 4 << 20, 4, 2
-    suite.inventory.drift_keys = ["torch", "cuda"]
+    # gosok's own quick suite, as it runs on this GPU type: what an auditor's reference is.
+    suite = reference_suite("quick", gpu)
     world = nodes * per_node
 
     def speed(node: int) -> float:

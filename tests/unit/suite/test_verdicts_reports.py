@@ -210,7 +210,7 @@ def _cli(*args: str) -> tuple[int, str]:
 def test_report_verify_detects_an_edited_file(tmp_path: Path) -> None:
     path = tmp_path / "results.json"
     write_doc(path, nodes=4)
-    code, out = _cli("report", "verify", str(path))
+    code, out = _cli("report", "verify", str(path), "--allow-unsigned")
     assert code == 0 and "OK" in out
     doc = json.loads(path.read_text())
     doc["phases"]["inter_node"]["busbw_gbps"] *= 1.5  # make the run look better
