@@ -548,15 +548,22 @@ class _ReplayMismatch(Exception):
 
 
 def _suite_compute(r: Rederivation, phase: dict[str, Any], suite: Any, world: int) -> None:
+    _compute_rows(r, phase["ranks"], "phases.compute.ranks", suite, world)
+    if phase.get("confirm"):
+        confirm = _as_dict(phase["confirm"], "phases.compute.confirm")
+        _compute_rows(r, confirm["ranks"], "phases.compute.confirm.ranks", suite, world)
+
+
+def _compute_rows(r: Rederivation, rows: Any, where_all: str, suite: Any, world: int) -> None:
     from gosok.benchmarks.suite.phases import compute_kernels
 
-    ranks = _as_list(phase["ranks"], "phases.compute.ranks")
+    ranks = _as_list(rows, where_all)
     seen = sorted(row["rank"] for row in ranks)
-    r.same("phases.compute.ranks (one row per GPU)", seen, list(range(world)))
+    r.same(f"{where_all} (one row per GPU)", seen, list(range(world)))
     expected = {figure: (kernel, shape) for figure, kernel, _, shape in compute_kernels(suite)}
     for row in ranks:
         row = _as_dict(row, "compute row")
-        where = f"compute rank {row['rank']}"
+        where = f"compute {'confirm ' if 'confirm' in where_all else ''}rank {row['rank']}"
         parts = [(f, g) for f, g in _as_dict(row["gemm"], f"{where}.gemm").items()]
         if row.get("hbm"):
             parts.append(("hbm", _as_dict(row["hbm"], f"{where}.hbm")))
@@ -656,7 +663,11 @@ def _replay_isolation(
 
 def _suite(r: Rederivation) -> None:
     from gosok.benchmarks.suite.capacity import capacity
-    from gosok.benchmarks.suite.evaluate import isolation_checks, isolation_reasons
+    from gosok.benchmarks.suite.evaluate import (
+        confirmed_ranks,
+        isolation_checks,
+        isolation_reasons,
+    )
     from gosok.benchmarks.suite.phases import evaluate_phases
     from gosok.benchmarks.suite.schema import effective_suite
     from gosok.benchmarks.suite.verdicts import (
@@ -725,7 +736,7 @@ def _suite(r: Rederivation) -> None:
     doc["verdict"] = derived_verdict
     fp8 = [
         row["gemm"]["fp8"]["tflops"]
-        for row in phases.get("compute", {}).get("ranks", [])
+        for row in (confirmed_ranks(phases["compute"]) if "compute" in phases else [])
         if "fp8" in row["gemm"]
     ]
     derived_capacity = _json_copy(

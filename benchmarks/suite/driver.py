@@ -25,7 +25,7 @@ from gosok.benchmarks.core.harness import bench_session, run_dir, write_run_resu
 from gosok.benchmarks.core.registry import Benchmark
 from gosok.benchmarks.report.rederive import rederive_suite
 from gosok.benchmarks.suite.capacity import capacity
-from gosok.benchmarks.suite.evaluate import isolation_reasons
+from gosok.benchmarks.suite.evaluate import confirmed_ranks, isolation_reasons
 from gosok.benchmarks.suite.phases import PHASES, PhaseContext, evaluate_phases, suite_plan
 from gosok.benchmarks.suite.ranks import prepare_rank
 from gosok.benchmarks.suite.schema import effective_suite, load_contract, validate_suite
@@ -105,7 +105,7 @@ def run_suite(cfg: Any, console: Console) -> int:
             f"ranks, phases {list(suite.phases)}, contract {contract.name}",
             highlight=False,
         )
-        ctx = PhaseContext(group, console, contract, cfg.seed)
+        ctx = PhaseContext(group, console, contract, cfg.seed, gpu=gpu)
         for name in suite.phases:
             if PHASES[name].after_checks:
                 continue
@@ -138,7 +138,7 @@ def run_suite(cfg: Any, console: Console) -> int:
         labels = _node_labels(group.plan)
         fp8 = [
             r["gemm"]["fp8"]["tflops"]
-            for r in phases.get("compute", {}).get("ranks", [])
+            for r in (confirmed_ranks(phases["compute"]) if "compute" in phases else [])
             if "fp8" in r["gemm"]
         ]
         payload = {

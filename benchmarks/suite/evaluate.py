@@ -141,6 +141,31 @@ def inventory_checks(
     return checks
 
 
+def confirmed_ranks(phase: dict[str, Any]) -> list[dict[str, Any]]:
+    """The compute rows a suite is judged by: with a confirm reading, each GPU's better
+    reading of each figure (a low reading must repeat to count)."""
+    ranks = phase["ranks"]
+    confirm = phase.get("confirm")
+    if not confirm:
+        return ranks
+    second = {row["rank"]: row for row in confirm["ranks"]}
+    out = []
+    for row in ranks:
+        again = second.get(row["rank"])
+        if again is None:
+            out.append(row)
+            continue
+        best = {**row, "gemm": dict(row["gemm"])}
+        for dtype, first in row["gemm"].items():
+            other = again["gemm"].get(dtype)
+            if other is not None and other["tflops"] > first["tflops"]:
+                best["gemm"][dtype] = other
+        if row.get("hbm") and again.get("hbm") and again["hbm"]["gbps"] > row["hbm"]["gbps"]:
+            best["hbm"] = again["hbm"]
+        out.append(best)
+    return out
+
+
 def compute_checks(ranks: list[dict[str, Any]], gpu: Any, contract: Any) -> list[Check]:
     expectations = resolve_expectations(contract, gpu.key)
     checks: list[Check] = []
