@@ -154,6 +154,8 @@ def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], N
         from omegaconf import OmegaConf
 
         _task_started.append(command)
+        if hasattr(sys.stderr, "release"):
+            sys.stderr.release()  # composed: what was held goes out as written
         from gosok.launcher.config import secrets
         from gosok.launcher.errors import ConfigError, GosokError
 
@@ -293,6 +295,7 @@ def run_hydra(
     saved = sys.stdout, sys.stderr
     sys.stdout = secrets.RedactingStream(sys.stdout, redactor)
     sys.stderr = secrets.RedactingStream(sys.stderr, redactor)
+    sys.stderr.hold()  # until the task starts: Hydra's refusal of a key is reworded below
     try:
         with _one_compose(args):
             hydra.main(config_path=str(config_dir()), config_name=config_name, version_base="1.3")(
@@ -301,9 +304,15 @@ def run_hydra(
     except SystemExit as done:
         if done.code == 1 and not _task_started:
             # Hydra refused the overrides (unknown key, wrong type): bad input, exit 2.
+            from gosok.launcher.config.validate import reword_unknown_key
+
+            if isinstance(sys.stderr, secrets.RedactingStream):
+                sys.stderr.release(reword_unknown_key)
             raise SystemExit(2) from None
         raise
     finally:
+        if isinstance(sys.stderr, secrets.RedactingStream):
+            sys.stderr.release()
         sys.stdout, sys.stderr = saved
     return max(_exit_codes, default=0)
 

@@ -143,10 +143,25 @@ class RedactingStream:
     def __init__(self, inner: Any, redactor: Redactor) -> None:
         self._inner = inner
         self.redactor = redactor
+        self._held: list[str] | None = None
 
     def write(self, text: str) -> int:
-        self._inner.write(self.redactor.text(text))
+        if self._held is not None:
+            self._held.append(text)
+        else:
+            self._inner.write(self.redactor.text(text))
         return len(text)
+
+    def hold(self) -> None:
+        """Keep what is written until ``release`` (a message that may be reworded)."""
+        self._held = []
+
+    def release(self, reword: Any = None) -> None:
+        """Write what was held, through ``reword(text) -> text`` if given."""
+        held, self._held = self._held, None
+        if held:
+            text = "".join(held)
+            self.write(reword(text) if reword else text)
 
     def __getattr__(self, name: str) -> Any:
         return getattr(self._inner, name)

@@ -177,3 +177,59 @@ def added_key_problems(cfg: Any, overrides: Sequence[str]) -> list[str]:
         )
         problems.append(f"{key} is not a setting gosok knows ({override!r}); {hint}")
     return problems
+
+
+def _schema_fields(name: str) -> list[str]:
+    """The fields of the registered config schema (or one nested in it) called ``name``."""
+    import dataclasses
+
+    from hydra.core.config_store import ConfigStore
+    from omegaconf import OmegaConf
+
+    seen: set[type] = set()
+    todo: list[Any] = [ConfigStore.instance().repo]
+    while todo:
+        item = todo.pop()
+        if isinstance(item, dict):
+            todo += list(item.values())
+            continue
+        node = getattr(item, "node", None)
+        kind = OmegaConf.get_type(node) if node is not None else item
+        if not isinstance(kind, type) or not dataclasses.is_dataclass(kind) or kind in seen:
+            continue
+        seen.add(kind)
+        if kind.__name__ == name:
+            return [f.name for f in dataclasses.fields(kind)]
+        for f in dataclasses.fields(kind):
+            default = f.default_factory() if callable(f.default_factory) else f.default
+            if dataclasses.is_dataclass(default):
+                todo.append(type(default))
+    return []
+
+
+def reword_unknown_key(text: str) -> str:
+    """Hydra's refusal of an unknown key, said as gosok says it: the key and the nearest
+    valid ones (instead of the advice to add it with ``+``, which gosok refuses too)."""
+    import difflib
+
+    found = re.search(
+        r"Could not override '([^']+)'\.\s*\nTo append to your config use \S+\s*\n"
+        r"Key '([^']+)' not in '(\w+)'.*?(?=\n\n|\Z)",
+        text,
+        re.S,
+    )
+    if not found:
+        return text
+    key, leaf, schema = found.groups()
+    known = _schema_fields(schema)
+    prefix = key[: -len(leaf)] if key.endswith(leaf) else ""
+    near = difflib.get_close_matches(leaf, known, n=3, cutoff=0.5)
+    hint = (
+        f"nearest: {', '.join(prefix + n for n in near)}"
+        if near
+        else f"allowed: {', '.join(prefix + n for n in known)}"
+    )
+    said = f"error: invalid config:\n  - {key} is not a setting gosok knows; {hint}"
+    rest = text[found.end() :]
+    rest = re.sub(r"\n*Set the environment variable HYDRA_FULL_ERROR=1.*", "", rest, flags=re.S)
+    return text[: found.start()] + said + rest.rstrip() + "\n"
