@@ -159,6 +159,9 @@ def build_plan(cfg: Any, run_dir: Path, cwd: Path) -> LaunchPlan:
         batch = batch_arithmetic(job, world)
         total_steps = job.steps
         ds = deepspeed_json(cfg.deepspeed, job, world, cluster.gpu)
+        # The recipe is gosok's code: torch's C++ warnings about it (DDP's search for unused
+        # parameters, kept on purpose for bit-exact resumes) are not the user's to act on.
+        env["TORCH_CPP_LOG_LEVEL"] = os.environ.get("TORCH_CPP_LOG_LEVEL", "ERROR")
         if job.strategy == "deepspeed" and cluster.gpu == "cpu":
             env["DS_ACCELERATOR"] = "cpu"
         recipe = {

@@ -16,10 +16,12 @@ from __future__ import annotations
 import argparse
 import contextlib
 import errno
+import io
 import json
 import os
 import shutil
 import time
+import warnings
 from pathlib import Path
 from typing import Any
 
@@ -50,9 +52,20 @@ class Trainer:
         if self.strategy == "deepspeed":
             import deepspeed
 
-            self.engine, _, _, _ = deepspeed.initialize(
-                model=model, model_parameters=model.parameters(), config=cfg["deepspeed"]
-            )
+            # DeepSpeed announces the ops it builds on stdout and calls a torch collective
+            # torch has deprecated: neither is the user's to act on in gosok's own recipe.
+            warnings.filterwarnings(
+                "ignore", message=r"`torch\.distributed\.all_gather_into_tensor` is deprecated",
+                category=FutureWarning,
+            )  # fmt: skip
+            said = io.StringIO()
+            with contextlib.redirect_stdout(said):
+                self.engine, _, _, _ = deepspeed.initialize(
+                    model=model, model_parameters=model.parameters(), config=cfg["deepspeed"]
+                )
+            for line in said.getvalue().splitlines():
+                if not line.endswith("built successfully"):
+                    print(line, flush=True)
             self.model = self.engine
             return
         if self.strategy == "fsdp":

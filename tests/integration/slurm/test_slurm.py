@@ -5,6 +5,7 @@ with its own hostname, IP and ``/tmp``). No Slurm command is mocked. In order:
 - ``-N`` that disagrees with the overrides is refused (exit 2) before Ray starts;
 - the quick suite on three nodes: the job's exit code is the verdict's, the results name
   the three Slurm hostnames, the exclude list is written, nothing is left on any node;
+- an exclude list (the suite's ``exclude.txt``) keeps a host out of the job;
 - ``scancel`` of a running launch: no Ray or rank process on any node within KillWait;
 - recipe training with a spare node: one allocated node's slurmd and every process on it
   are killed mid-run, and the job recovers on the spare from its checkpoint.
@@ -97,6 +98,20 @@ def test_quick_suite_on_three_slurm_hosts(slurm):
     assert set((run_dir / "exclude.txt").read_text().split()) == failing
     assert not re.search(r"\b[0-9a-f]{64}\b", out), "the job's Ray token reached its output"
     assert wait_for(lambda: not leftovers(slurm), 15, "every node clean", every_s=0.5)
+
+
+def test_an_exclude_list_keeps_condemned_hosts_out(slurm):
+    """``cluster.exclude_file`` (the suite's exclude.txt): no Ray node, no rank there."""
+    exclude = slurm.workdir / "exclude.txt"
+    exclude.write_text(f"{slurm.hostname(2)}\n")
+    code, out = submit(slurm, "excluded", "bench", "bench.ops=[all_reduce]",
+                       "bench.max_bytes=4096", f"cluster.exclude_file={exclude}")  # fmt: skip
+    assert code == 0, out[-3000:]
+    found = re.search(r"results: (\S+results\.json)", out)
+    doc = json.loads(Path(found.group(1)).read_text())
+    hosts = {entry.get("hostname") for entry in doc["audit"]["nodes"]}
+    assert hosts == {slurm.hostname(1), slurm.hostname(3)}, hosts
+    assert doc["config"]["cluster"]["nodes"] == 2 and "leaving out" in out
 
 
 def test_scancel_leaves_no_ray_or_rank_process_on_any_node(slurm):
