@@ -111,6 +111,22 @@ def stable_run_id(name: str, run_dir: Path) -> str:
     return f"{clean}-{digest}"
 
 
+def torchelastic_env(run_id: str, max_restarts: int, ranks_per_node: int) -> dict[str, str]:
+    """What torchrun's agent adds for its workers (torch's ``local_elastic_agent.py``):
+    ``TORCHELASTIC_RUN_ID`` makes ``torch.distributed.is_torchelastic_launched()`` true, so
+    frameworks (Lightning, Accelerate) take their torchrun path; the restart count is set per
+    attempt by the supervisor. Values the user's shell sets win."""
+    env = {
+        "TORCHELASTIC_RUN_ID": run_id,
+        "TORCHELASTIC_MAX_RESTARTS": str(max_restarts),
+        "TORCHELASTIC_RESTART_COUNT": "0",
+        "TORCH_NCCL_ASYNC_ERROR_HANDLING": os.environ.get("TORCH_NCCL_ASYNC_ERROR_HANDLING", "1"),
+    }
+    if ranks_per_node > 1 and "OMP_NUM_THREADS" not in os.environ:
+        env["OMP_NUM_THREADS"] = "1"  # as torchrun does with several processes per node
+    return env
+
+
 def build_plan(cfg: Any, run_dir: Path, cwd: Path) -> LaunchPlan:
     job, cluster = cfg.job, cfg.cluster
     world = cluster.nodes * cluster.gpus_per_node
@@ -123,6 +139,7 @@ def build_plan(cfg: Any, run_dir: Path, cwd: Path) -> LaunchPlan:
         "GOSOK_JOB_ID": job_id,
         "GOSOK_RUN_DIR": str(run_dir),
         "GOSOK_CHECKPOINT_DIR": str(ckpt_dir),
+        **torchelastic_env(run_id, cfg.fault.max_failures, cluster.gpus_per_node),
     }
     logger = cfg.logger
     mode = wandb_mode(logger.mode) if logger.kind == "wandb" else "disabled"

@@ -222,7 +222,11 @@ class Supervisor:
     def _attempt(self, attempt: int) -> AttemptOutcome:
         started = time.time()
         self._notify("on_attempt_start", attempt, started)
-        env = {**self.spec.env, "GOSOK_RESTART_COUNT": str(attempt)}
+        env = {
+            **self.spec.env,
+            "GOSOK_RESTART_COUNT": str(attempt),
+            "TORCHELASTIC_RESTART_COUNT": str(attempt),
+        }
         resume = self._resume_step()
         if resume is not None:
             env["GOSOK_RESUME_STEP"] = str(resume)  # decided once, the same on every rank

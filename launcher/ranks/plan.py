@@ -74,8 +74,11 @@ def torchrun_env(
     local_world_size: int,
     master_addr: str,
     master_port: int,
+    nodes: int | None = None,
 ) -> dict[str, str]:
-    """The environment torchrun gives each rank, so unchanged scripts just work."""
+    """The environment torchrun gives each rank, so unchanged scripts just work (torch's
+    ``local_elastic_agent.py``: one role, ``default``; the restart and run-id variables are
+    the launch's, ``launch.command.torchelastic_env``)."""
     return {
         "MASTER_ADDR": master_addr,
         "MASTER_PORT": str(master_port),
@@ -85,6 +88,11 @@ def torchrun_env(
         "LOCAL_WORLD_SIZE": str(local_world_size),
         "NODE_RANK": str(node_rank),
         "GROUP_RANK": str(node_rank),
+        "GROUP_WORLD_SIZE": str(nodes or world_size // max(local_world_size, 1)),
+        "ROLE_NAME": "default",
+        "ROLE_RANK": str(rank),
+        "ROLE_WORLD_SIZE": str(world_size),
+        "TORCHELASTIC_USE_AGENT_STORE": "False",
     }
 
 
@@ -111,8 +119,9 @@ def make_plan(
         for local_rank in range(ranks_per_node):
             rank = node_rank * ranks_per_node + local_rank
             env = torchrun_env(
-                rank, local_rank, node_rank, world_size, ranks_per_node, master_addr, master_port
-            )
+                rank, local_rank, node_rank, world_size, ranks_per_node, master_addr, master_port,
+                len(nodes),
+            )  # fmt: skip
             env.update(extra_env or {})
             ranks.append(RankSpec(rank, local_rank, node_rank, node.node_id, node.ip, env))
     return Plan(

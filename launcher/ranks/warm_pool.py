@@ -93,7 +93,8 @@ PREPARE_TIMEOUT_S = 600.0  # a first preload of torch + DeepSpeed on a busy node
 UNREACHABLE_S = 10.0
 REPORT_TIMEOUT_S = 5.0
 STOP_GRACE_S = 2.0
-IMPORT_ENV_KEYS = ("DS_ACCELERATOR", "TORCH_CPP_LOG_LEVEL")  # read when preloads are imported
+# Read when the preloads (torch, its OpenMP runtime, DeepSpeed) are imported.
+IMPORT_ENV_KEYS = ("DS_ACCELERATOR", "TORCH_CPP_LOG_LEVEL", "OMP_NUM_THREADS")
 
 
 class WarmUnavailable(Exception):

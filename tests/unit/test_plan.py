@@ -43,6 +43,11 @@ def test_torchrun_env_per_rank(big_plan):
         "LOCAL_WORLD_SIZE": "8",
         "NODE_RANK": "509",
         "GROUP_RANK": "509",
+        "GROUP_WORLD_SIZE": "510",
+        "ROLE_NAME": "default",
+        "ROLE_RANK": "4079",
+        "ROLE_WORLD_SIZE": "4080",
+        "TORCHELASTIC_USE_AGENT_STORE": "False",
     }
     assert {r.env["MASTER_ADDR"] for r in big_plan.ranks} == {"10.0.0.0"}
 

@@ -6,6 +6,7 @@ shell, rank 0 only on the terminal, and a code error that is not retried forever
 from __future__ import annotations
 
 import json
+import os
 from pathlib import Path
 
 from tests.conftest import run_gosok
@@ -20,8 +21,12 @@ rank = dist.get_rank()
 value = torch.tensor([float(rank + 1)])
 dist.all_reduce(value)
 keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "MASTER_PORT",
-        "NODE_RANK", "GOSOK_RUN_ID", "GOSOK_CHECKPOINT_DIR", "GOSOK_RESTART_COUNT"]
+        "NODE_RANK", "GOSOK_RUN_ID", "GOSOK_CHECKPOINT_DIR", "GOSOK_RESTART_COUNT",
+        "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_NAME", "ROLE_RANK", "ROLE_WORLD_SIZE",
+        "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
+        "OMP_NUM_THREADS"]
 print("REPORT " + json.dumps({"env": {k: os.environ.get(k) for k in keys},
+                               "elastic": dist.is_torchelastic_launched(),
                                "sum": value.item(), "argv": sys.argv[1:]}), flush=True)
 dist.barrier()
 dist.destroy_process_group()
@@ -58,6 +63,14 @@ def test_script_mode_env_and_all_reduce_across_nodes(ray_cluster, tmp_path):
         assert report["argv"] == ["--lr", "3e-4", "a b;echo x"]
         assert env["WORLD_SIZE"] == "4" and env["LOCAL_WORLD_SIZE"] == "2"
         assert env["LOCAL_RANK"] == str(rank % 2) and env["NODE_RANK"] == str(rank // 2)
+        # torchrun's whole environment: frameworks that ask torch whether torchrun started
+        # them (Lightning, Accelerate) take the same path under gosok.
+        assert report["elastic"] is True and env["TORCHELASTIC_RUN_ID"] == env["GOSOK_RUN_ID"]
+        assert env["GROUP_RANK"] == env["NODE_RANK"] and env["GROUP_WORLD_SIZE"] == "2"
+        assert env["ROLE_NAME"] == "default" and env["ROLE_RANK"] == env["RANK"]
+        assert env["ROLE_WORLD_SIZE"] == "4" and env["TORCHELASTIC_RESTART_COUNT"] == "0"
+        assert env["TORCHELASTIC_MAX_RESTARTS"] == "3"
+        assert env["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS", "1")
         assert env["MASTER_ADDR"] == "127.0.0.2"
         assert env["GOSOK_RESTART_COUNT"] == "0"
         assert env["GOSOK_CHECKPOINT_DIR"] == str(run_dir / "checkpoints")
