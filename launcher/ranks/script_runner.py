@@ -110,9 +110,10 @@ def node_dir(log_dir: str) -> Path:
     """This node's own directory for a rank group's files: nothing written by a rank is
     assumed visible to the driver; its output travels back with every poll."""
     key = hashlib.sha256(str(log_dir).encode()).hexdigest()[:16]
-    path = Path(tempfile.gettempdir()) / f"gosok-ranks-{os.getuid()}" / key
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    return path
+    from gosok.launcher.ranks.private import private_dir
+
+    mine = private_dir(Path(tempfile.gettempdir()) / f"gosok-ranks-{os.getuid()}")
+    return private_dir(mine / key)
 
 
 def shipped(spec: dict[str, Any]) -> tuple[list[str], str]:

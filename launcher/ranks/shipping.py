@@ -132,9 +132,9 @@ def pack(directory: Path, limit: int = MAX_BYTES, only: list[Path] | None = None
 
 def cache_root() -> Path:
     """Where this node keeps unpacked bundles (node-local, private to the user)."""
-    root = Path(tempfile.gettempdir()) / f"gosok-code-{os.getuid()}"
-    root.mkdir(mode=0o700, exist_ok=True)
-    return root
+    from gosok.launcher.ranks.private import private_dir
+
+    return private_dir(Path(tempfile.gettempdir()) / f"gosok-code-{os.getuid()}")
 
 
 def unpack(bundle: Bundle, root: Path) -> Path:

@@ -103,7 +103,6 @@ import runpy
 import selectors
 import signal
 import socket
-import stat
 import struct
 import subprocess
 import sys
@@ -245,16 +244,12 @@ def default_socket_path(name: str = "warm") -> str:
 def _private_dir(path: Path) -> None:
     """Create ``path`` 0700, or check an existing one is ours and 0700 (never loosened or
     tightened for the caller: a shared directory such as /tmp is refused)."""
-    if not path.exists():
-        path.mkdir(mode=0o700, parents=True, exist_ok=True)
-        os.chmod(path, 0o700)
-    st = os.lstat(path)
-    if not stat.S_ISDIR(st.st_mode) or st.st_uid != os.getuid() or st.st_mode & 0o077:
-        raise WarmServerError(
-            f"{path}: the warm server's socket directory must be a real directory owned by "
-            f"uid {os.getuid()} with mode 0700 (it has uid {st.st_uid}, mode "
-            f"{oct(stat.S_IMODE(st.st_mode))})"
-        )
+    from gosok.launcher.ranks.private import UnsafeDirectoryError, private_dir
+
+    try:
+        private_dir(path)
+    except UnsafeDirectoryError as err:
+        raise WarmServerError(f"the warm server's socket directory: {err}") from err
 
 
 def _check_socket_path(path: str) -> None:
