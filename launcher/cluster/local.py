@@ -96,6 +96,10 @@ def ray_env(name: str) -> dict[str, str]:
     env.pop("RAY_AUTH_TOKEN", None)
     env.update(auth_env(name))
     env["RAY_USAGE_STATS_ENABLED"] = "0"
+    # Nodes on loopback or a private bridge have no DNS for each other's addresses: torch's
+    # C++ warnings about reverse lookups (c10d) are noise there; errors still show, and a
+    # value the user set wins.
+    env.setdefault("TORCH_CPP_LOG_LEVEL", "ERROR")
     return env
 
 

@@ -23,11 +23,12 @@ class UnsafeDirectoryError(PermissionError):
     """A per-user directory exists but someone else owns it or can write to it."""
 
 
-def private_dir(path: Path) -> Path:
+def private_dir(path: Path, set_aside: bool = True) -> Path:
     """``path`` created 0700 (with missing parents), or checked when it exists. One of ours
     that others could write to (an older gosok made it 0755, or it was loosened) is set
-    aside, never trusted: renamed ``<name>.unsafe-<time>`` and made afresh."""
-    if os.path.lexists(path):
+    aside, never trusted: renamed ``<name>.unsafe-<time>`` and made afresh (``set_aside=
+    False``: refused like the others, for a directory the user named)."""
+    if set_aside and os.path.lexists(path):
         st = os.lstat(path)
         if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
             with contextlib.suppress(FileNotFoundError):  # another rank set it aside first

@@ -247,7 +247,7 @@ def _private_dir(path: Path) -> None:
     from gosok.launcher.ranks.private import UnsafeDirectoryError, private_dir
 
     try:
-        private_dir(path)
+        private_dir(path, set_aside=False)  # it may hold another server's live socket
     except UnsafeDirectoryError as err:
         raise WarmServerError(f"the warm server's socket directory: {err}") from err
 

@@ -76,12 +76,6 @@ class RankContext:
         return mine
 
 
-# Benchmark ranks run gosok's own code: torch's C++ warnings there (c10d's reverse lookups
-# of peers on hosts without DNS) are noise a user cannot act on; errors still show. A value
-# the user set wins.
-QUIET_RANK_ENV = {"TORCH_CPP_LOG_LEVEL": os.environ.get("TORCH_CPP_LOG_LEVEL", "ERROR")}
-
-
 @ray.remote
 class RankActor:
     """One rank: holds its process group and runs functions sent by the driver."""
@@ -274,11 +268,7 @@ class WorkerGroup:
                 strategy = PlacementGroupSchedulingStrategy(
                     placement_group=self.pg, placement_group_bundle_index=node_rank
                 )
-                options = {
-                    **self._rank_resources(),
-                    "runtime_env": {"env_vars": QUIET_RANK_ENV},
-                    **self.actor_options,
-                }
+                options = {**self._rank_resources(), **self.actor_options}
                 actor = RankActor.options(scheduling_strategy=strategy, **options).remote()
                 self.actors.append(actor)
         described = self._get([a.describe.remote() for a in self.actors], "describe ranks")
