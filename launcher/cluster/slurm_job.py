@@ -43,6 +43,7 @@ from gosok.launcher.cluster.local import (
 )
 from gosok.launcher.cluster.slurm import Allocation, HostlistError, read_exclude_file
 from gosok.launcher.errors import GosokError
+from gosok.launcher.ranks.private import private_dir
 
 USAGE = "usage: sbatch -N <nodes> [options] deploy/slurm/gosok.sbatch bench|launch [overrides]"
 COMMANDS = ("bench", "launch")
@@ -149,8 +150,8 @@ def run(args: list[str]) -> int:
     nodes = {
         h: {"ip": addrs[h], "slots": alloc.slots_per_node if h in usable else 0} for h in hosts
     }
-    job_dir = state_dir() / f"slurm-{alloc.job_id}"
-    job_dir.mkdir(mode=0o700, exist_ok=True)
+    # The token's directory: made 0700, or refused if someone else made it or can write to it.
+    job_dir = private_dir(state_dir() / f"slurm-{alloc.job_id}", set_aside=False)
     token = write_token(job_dir / "ray.token")
     head = f"{addrs[here]}:{free_port(addrs[here])}"
     if excluded & set(alloc.hostnames):
