@@ -27,6 +27,7 @@ import io
 import re
 import statistics
 from collections import defaultdict
+from collections.abc import Sequence
 from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
@@ -500,9 +501,17 @@ def _intro(rows: list[AuditRow], groups: dict[str, list[AuditRow]]) -> list[str]
     ]
 
 
-def render_markdown(rows: list[AuditRow], plots: dict[str, Path]) -> str:
+NOT_AUDITED = "Not audited (not a results file, or not one gosok can judge)"
+
+
+def render_markdown(
+    rows: list[AuditRow], plots: dict[str, Path], unreadable: Sequence[str] = ()
+) -> str:
     groups = by_gpu_type(rows)
-    parts = ["# gosok audit", "", *_intro(rows, groups), "", "## Trust", ""]
+    parts = ["# gosok audit", "", *_intro(rows, groups), ""]
+    if unreadable:
+        parts += [f"## {NOT_AUDITED}", "", *(f"- {_md_cell(u)}" for u in unreadable), ""]
+    parts += ["## Trust", ""]
     parts += [_md_table(TRUST_HEAD, trust_rows(rows)), ""]
     for key, members in groups.items():
         parts += [f"## GPU type: {_md_cell(members[0].gpu_name)} ({_md_cell(key)})", ""]
@@ -534,8 +543,15 @@ def _html_table(head: list[str], rows: list[list[str]], coloured: bool = True) -
     return "".join(out)
 
 
-def render_html(rows: list[AuditRow], plots: dict[str, Path]) -> str:
+def render_html(
+    rows: list[AuditRow], plots: dict[str, Path], unreadable: Sequence[str] = ()
+) -> str:
     groups = by_gpu_type(rows)
+    if unreadable:
+        items = "".join(f"<li>{html.escape(printable(u))}</li>" for u in unreadable)
+        refused = f"<h2>{NOT_AUDITED}</h2><ul>{items}</ul>"
+    else:
+        refused = ""
     sections = []
     for key, members in groups.items():
         head, lines = side_by_side(members)
@@ -563,6 +579,7 @@ img {{ max-width: 100%; border: 1px solid #ddd; }}
 </style></head><body>
 <h1>gosok audit</h1>
 {intro}
+{refused}
 <h2>Trust</h2>
 {_html_table(TRUST_HEAD, trust_rows(rows))}
 {"".join(sections)}
@@ -657,8 +674,11 @@ def render_csv(rows: list[AuditRow]) -> str:
     return buffer.getvalue()
 
 
-def write_audit(assessments: list[Assessment], out_dir: Path) -> list[Path]:
-    """audit.md, audit.html, audit.csv and one PNG per GPU type in ``out_dir``."""
+def write_audit(
+    assessments: list[Assessment], out_dir: Path, unreadable: list[str] | tuple[str, ...] = ()
+) -> list[Path]:
+    """audit.md, audit.html, audit.csv and one PNG per GPU type in ``out_dir``;
+    ``unreadable`` lines name the files that could not be judged at all."""
     rows = [audit_row(a) for a in assessments]
     _duplicate_notes(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -668,8 +688,8 @@ def write_audit(assessments: list[Assessment], out_dir: Path) -> list[Path]:
         if made is not None:
             plots[key] = made
     written = [
-        atomic_write_bytes(out_dir / "audit.md", render_markdown(rows, plots).encode()),
-        atomic_write_bytes(out_dir / "audit.html", render_html(rows, plots).encode()),
+        atomic_write_bytes(out_dir / "audit.md", render_markdown(rows, plots, unreadable).encode()),
+        atomic_write_bytes(out_dir / "audit.html", render_html(rows, plots, unreadable).encode()),
         atomic_write_bytes(out_dir / "audit.csv", render_csv(rows).encode()),
     ]
     return [*written, *plots.values()]

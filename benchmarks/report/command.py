@@ -145,23 +145,29 @@ def _trust_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def _assessed(args: argparse.Namespace) -> list[Any]:
+def _assessed(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
     """Every results file of ``args`` loaded and assessed against the keys and nonces
-    given, or against the auditor's registry (``InputError`` when a key, nonce, registry or
-    file cannot be read)."""
+    given, or against the auditor's registry, and a line for each file that could not be
+    judged (``InputError`` when a key, nonce or registry cannot be read)."""
     if args.registry and (args.public_key or args.nonce):
         raise InputError(
             "give --registry or --public-key/--nonce, not both: the registry names each "
             "provider's keys and each cluster's nonce"
         )
-    loaded = [(path, *load_input(path)) for path in args.results]
+    loaded, unreadable = [], []
+    for path in args.results:
+        try:
+            loaded.append((path, *load_input(path)))
+        except InputError as err:
+            unreadable.append(str(err))
     if not args.registry:
         keys = load_public_keys(args.public_key)
         nonces = check_nonces(args.nonce)
-        return [
+        assessed = [
             assess(path, doc, sealed, keys, nonces, contract=args.contract)
             for path, doc, sealed in loaded
         ]
+        return _split_malformed(assessed, unreadable)
     from gosok.benchmarks.report.registry import load_registry
     from gosok.benchmarks.report.trust import FAIL, OK, Aspect
 
@@ -175,7 +181,15 @@ def _assessed(args: argparse.Namespace) -> list[Any]:
         ok, detail = registry.identity(doc, bool(found.signature and found.signature.ok))
         found.aspects.insert(2, Aspect("identity", OK if ok else FAIL, detail))
         assessed.append(found)
-    return assessed
+    return _split_malformed(assessed, unreadable)
+
+
+def _split_malformed(assessed: list[Any], unreadable: list[str]) -> tuple[list[Any], list[str]]:
+    """The files that could be judged, and one line for each that could not (not a results
+    file, or one whose content does not have the structure of its kind)."""
+    judged = [a for a in assessed if not a.malformed]
+    unreadable += [f"{a.path}: {a.rederived.malformed}" for a in assessed if a.malformed]
+    return judged, unreadable
 
 
 def _verify(argv: list[str]) -> int:
@@ -189,15 +203,15 @@ def _verify(argv: list[str]) -> int:
     )
     args = parser.parse_args(argv)
     try:
-        verdicts = _assessed(args)
+        verdicts, unreadable = _assessed(args)
     except InputError as err:
         return _fail(" verify", str(err))
-    status = 0
+    status = 1 if unreadable else 0
+    for line in unreadable:
+        print(printable(f"NOT VERIFIED {line}"))
     for verdict in verdicts:
         print("\n".join(verdict.lines()))
-        if verdict.malformed:
-            status = 2
-        elif not verdict.passed or not (verdict.verified or args.allow_unsigned):
+        if not verdict.passed or not (verdict.verified or args.allow_unsigned):
             status = max(status, 1)
     return status
 
@@ -337,21 +351,20 @@ def _audit(argv: list[str]) -> int:
     _trust_options(parser)
     args = parser.parse_args(argv)
     try:
-        assessments = _assessed(args)
+        assessments, unreadable = _assessed(args)
     except InputError as err:
         return _fail(" audit", str(err))
-    for verdict in assessments:
-        if verdict.malformed:
-            return _fail(" audit", f"{verdict.path}: {verdict.rederived.malformed}")
+    for line in unreadable:
+        print(printable(f"NOT AUDITED {line}"))
     try:
-        written = write_audit(assessments, Path(args.out_dir))
+        written = write_audit(assessments, Path(args.out_dir), unreadable)
     except OSError as err:
         return _fail(" audit", f"--out-dir {args.out_dir}: {err.strerror or err}")
     for verdict in assessments:
         print(printable(f"{verdict.verdict()}  {verdict.path}"))
     for path in written:
         print(f"audit: {path}")
-    return 0 if all(v.verified for v in assessments) else 1
+    return 0 if all(v.verified for v in assessments) and not unreadable else 1
 
 
 COMMANDS = {"verify": _verify, "sign": _sign, "compare": _compare, "audit": _audit}

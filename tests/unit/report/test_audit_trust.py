@@ -289,7 +289,7 @@ def test_compare_refuses_different_gpu_types_and_bad_tolerances(tmp_path: Path, 
     ],
     ids=["list", "truncated", "empty", "foreign", "kind-type", "string", "huge-int"],
 )
-@pytest.mark.parametrize("command", [[], ["verify"], ["compare"], ["audit"], ["sign"]])
+@pytest.mark.parametrize("command", [[], ["compare"], ["sign"]])
 def test_malformed_inputs_are_one_line_exit_2(
     tmp_path: Path, keys, capsys, content: str, command: list[str]
 ) -> None:
@@ -298,8 +298,6 @@ def test_malformed_inputs_are_one_line_exit_2(
     argv: list[Any] = [*command, path]
     if command == ["compare"]:
         argv.append(path)
-    if command == ["audit"]:
-        argv += ["--out-dir", tmp_path / "out"]
     if command == ["sign"]:
         argv += ["--key", keys["key"]]
     code, out = cli(capsys, *argv)
@@ -322,9 +320,40 @@ def test_malformed_suite_content_is_exit_2_everywhere(tmp_path: Path, capsys, ch
     path = tmp_path / "suite.json"
     save(path, suite_doc())
     edit(path, change)
-    for argv in ([path], ["verify", path], ["compare", path, path]):
+    for argv in ([path], ["compare", path, path]):
         code, out = cli(capsys, *argv)
         assert code == 2 and ("malformed" in out or "suite results" in out), out
+    code, out = cli(capsys, "verify", path)
+    assert code == 1 and out.startswith("NOT VERIFIED") and "Traceback" not in out, out
+
+
+@pytest.mark.parametrize("command", ["verify", "audit"])
+def test_a_bad_file_is_judged_alone_and_the_others_go_on(
+    tmp_path: Path, keys, capsys, command: str
+) -> None:
+    good = tmp_path / "good.json"
+    save(good, suite_doc(nonce=NONCE), keys["key"])
+    bad = {
+        "huge.json": '{"schema": "gosok.results/1", "kind": "suite", "n": ' + "9" * 5000 + "}",
+        "cut.json": '{"schema": "gosok.results/1", "kind": "suite"',
+        "text.json": '"text"',
+    }
+    for name, content in bad.items():
+        (tmp_path / name).write_text(content)
+    argv = [command, *(tmp_path / n for n in bad), good, "--public-key", keys["pub"]]
+    argv += ["--nonce", NONCE]
+    if command == "audit":
+        argv += ["--out-dir", tmp_path / "out"]
+    code, out = cli(capsys, *argv)
+    assert code == 1 and "Traceback" not in out, out
+    word = "NOT VERIFIED" if command == "verify" else "NOT AUDITED"
+    for name in bad:
+        assert sum(1 for line in out.splitlines() if line.startswith(word) and name in line) == 1
+    if command == "verify":
+        assert f"{good}: VERIFIED" in out, out
+    else:
+        report = (tmp_path / "out" / "audit.md").read_text()
+        assert "good.json" in report and all(name in report for name in bad)
 
 
 # --- the audit view -------------------------------------------------------------------------
