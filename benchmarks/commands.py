@@ -15,13 +15,14 @@ from gosok.launcher.cli import Command, run_hydra
 
 
 def bench_task(cfg: Any, console: Any) -> int:
+    from gosok.benchmarks.core.harness import results_kind
     from gosok.benchmarks.core.registry import benchmarks
     from gosok.launcher.config.ledger_schema import validate_ledger
     from gosok.launcher.config.trust import validate_trust
     from gosok.launcher.config.validate import raise_if, validate_cluster
     from gosok.launcher.errors import ConfigError
 
-    name = "suite" if cfg.get("suite") else cfg.bench.name
+    name = results_kind(cfg)
     known = benchmarks()
     if name not in known:
         raise ConfigError([f"bench={name!r} is not a benchmark; allowed: {known.names()}"])

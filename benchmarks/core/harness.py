@@ -57,13 +57,21 @@ class BenchSession:
 
 
 def results_kind(cfg: Any) -> str:
-    return "suite" if cfg.get("suite") else str(cfg.bench.name)
+    """The benchmark (and results kind) a composed config runs: ``bench.name``, or the
+    suite, or the auditor's spot check (``suite=spotcheck``)."""
+    if cfg.get("suite"):
+        return "spotcheck" if cfg.suite.name == "spotcheck" else "suite"
+    return str(cfg.bench.name)
 
 
 @contextlib.contextmanager
-def bench_session(cfg: Any, timeout_s: float | None = None) -> Iterator[BenchSession]:
+def bench_session(
+    cfg: Any, timeout_s: float | None = None, pin_nodes: tuple[dict[str, Any], ...] = ()
+) -> Iterator[BenchSession]:
     """Ray connected and ranks up; every measurement noted in the run's journal as it is
-    taken. On Ctrl-C the measurements so far are sealed into ``results.partial.json``."""
+    taken. On Ctrl-C the measurements so far are sealed into ``results.partial.json``.
+    ``pin_nodes``: run on exactly these nodes of the cluster (``{node_id, ip, hostname}``
+    each, as a results file lists them), node rank i on the i-th."""
     from gosok.launcher.cluster.connect import ray_cluster
     from gosok.launcher.ranks.workers import WorkerGroup
 
@@ -74,13 +82,25 @@ def bench_session(cfg: Any, timeout_s: float | None = None) -> Iterator[BenchSes
         try:
             with (
                 ray_cluster(cfg.cluster) as connection,
-                WorkerGroup(cfg.cluster, timeout) as group,
+                WorkerGroup(
+                    _pinned_cluster(cfg.cluster, len(pin_nodes)), timeout, pin_nodes=pin_nodes
+                ) as group,
             ):
                 nodes = [n for n in group.run(per_node_fingerprint) if n is not None]
                 yield BenchSession(group, connection.address, connection.started_here, nodes)
         except KeyboardInterrupt:
             write_partial_results(journal_path, run_dir() / PARTIAL_NAME)
             raise
+
+
+def _pinned_cluster(cluster: Any, nodes: int) -> Any:
+    if not nodes:
+        return cluster
+    from omegaconf import OmegaConf
+
+    copy = OmegaConf.structured(OmegaConf.to_object(cluster))
+    copy.nodes = nodes
+    return copy
 
 
 def write_partial_results(journal_path: Path, path: Path) -> Path | None:

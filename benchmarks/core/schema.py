@@ -28,6 +28,17 @@ class OutputConfig:
 
 
 @dataclass
+class SpotcheckConfig:
+    """The auditor's spot check (``suite=spotcheck``): which claims, how many nodes."""
+
+    #: A provider's suite results.json whose figures the auditor checks by measuring.
+    claims: str | None = None
+    #: How many of the claimed nodes to measure, drawn with a generator seeded by
+    #: ``audit.nonce`` (so the provider cannot know which in advance).
+    nodes: int = 2
+
+
+@dataclass
 class BenchRunConfig:
     """Top-level config of ``gosok bench``."""
 
@@ -40,6 +51,8 @@ class BenchRunConfig:
     sign: SignConfig = field(default_factory=SignConfig)
     #: Audit facts recorded in the results file (``audit.nonce=STRING``).
     audit: AuditConfig = field(default_factory=AuditConfig)
+    #: The claims and sample size of ``suite=spotcheck``.
+    spotcheck: SpotcheckConfig = field(default_factory=SpotcheckConfig)
     #: The goodput ledger this run is recorded in.
     ledger: LedgerConfig = field(default_factory=LedgerConfig)
     seed: int = 1234

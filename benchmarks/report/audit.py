@@ -99,6 +99,10 @@ class AuditRow:
     sha256: str
     passed: bool
     notes: list[str] = field(default_factory=list)
+    #: The outcome of the auditor's spot checks of this file ("-" when none was given).
+    spotcheck: str = "-"
+    #: For a spot check's own row: the sha256 of the claims file it checked.
+    claims_sha256: str = ""
 
     @property
     def date(self) -> str:
@@ -220,7 +224,23 @@ def audit_row(assessment: Assessment) -> AuditRow:
         if aspect is not None and aspect.status == "FAIL":
             notes += [f"{name} FAIL: {aspect.detail}", *(f"{name}: {m}" for m in aspect.more)]
     gpu_key, gpu_name, contract = _str(cluster.get("gpu")), _str(cluster.get("gpu")), "-"
-    if kind == "suite":
+    claims_sha256 = ""
+    if kind == "spotcheck":
+        spot = doc["spotcheck"]
+        claims_sha256 = _str(spot["claims"].get("sha256"), "")
+        gpu_key = _str(spot["claims"].get("gpu"))
+        gpu_name = _catalogue_name(gpu_key)
+        contract = _str(spot.get("contract"))
+        verdict = doc["verdict"]["spotcheck"]
+        stored = original.get("verdict")
+        stored_verdict = stored.get("spotcheck") if isinstance(stored, dict) else None
+        notes.append(
+            f"spot check of {spot['claims'].get('path')} (sha256 {claims_sha256[:12]}): "
+            f"{len(spot['drawn'])} of {spot['claims'].get('nodes')} nodes, {verdict}"
+            + "".join(f"; {c['subject']} {c['name']}: {c['detail']}" for c in doc["checks"]
+                      if c["status"] == "FAIL")
+        )  # fmt: skip
+    elif kind == "suite":
         metrics = _suite_metrics(doc)
         capacity = doc.get("capacity") or {}
         gpu_key, gpu_name = doc["gpu"]["key"], doc["gpu"]["name"]
@@ -275,7 +295,21 @@ def audit_row(assessment: Assessment) -> AuditRow:
         sha256=_str(original.get("sha256"), ""),
         passed=assessment.verified,  # an unsigned or unchecked file is not verified
         notes=notes,
+        claims_sha256=claims_sha256,
     )
+
+
+def _attach_spotchecks(rows: list[AuditRow]) -> None:
+    """Each provider file's row shows the outcome of every spot check of it (matched by the
+    claims file's sha256); a spot check whose signature no key given verified says so."""
+    for check in (r for r in rows if r.kind == "spotcheck"):
+        claimed = [r for r in rows if r.kind != "spotcheck" and r.sha256 == check.claims_sha256]
+        trust = "signed by the auditor's key" if check.passed else "NOT VERIFIED"
+        for row in claimed:
+            found = f"{check.verdict} ({check.path}, {trust})"
+            row.spotcheck = found if row.spotcheck == "-" else f"{row.spotcheck}; {found}"
+        if not claimed:
+            check.notes.append("the claims file it checked is not among the files audited")
 
 
 SHORT_OK = {
@@ -324,6 +358,7 @@ TRUST_HEAD = [
     "nonce",
     "figures",
     "verdict (re-derived)",
+    "spot check",
 ]
 
 
@@ -343,6 +378,7 @@ def trust_rows(rows: list[AuditRow]) -> list[list[str]]:
             r.nonce,
             r.figures,
             r.verdict,
+            r.spotcheck,
         ]
         for r in rows
     ]
@@ -389,7 +425,8 @@ def side_by_side(rows: list[AuditRow]) -> tuple[list[str], list[list[str]]]:
 def by_gpu_type(rows: list[AuditRow]) -> dict[str, list[AuditRow]]:
     groups: dict[str, list[AuditRow]] = defaultdict(list)
     for row in sorted(rows, key=lambda r: (r.gpu_key, r.provider, r.cluster, r.date)):
-        groups[row.gpu_key].append(row)
+        if row.kind != "spotcheck":  # its figures are the checked file's, shown there
+            groups[row.gpu_key].append(row)
     return dict(groups)
 
 
@@ -630,6 +667,7 @@ def render_csv(rows: list[AuditRow]) -> str:
         "figures",
         "verified",
         "sha256",
+        "spot_check",
         "notes",
     ]
     buffer = io.StringIO()
@@ -668,6 +706,7 @@ def render_csv(rows: list[AuditRow]) -> str:
             r.figures,
             "yes" if r.passed else "no",
             r.sha256,
+            r.spotcheck,
             " | ".join(r.notes),
         ]
         writer.writerow(["" if v is None else _csv_safe(v) for v in line])
@@ -681,6 +720,7 @@ def write_audit(
     ``unreadable`` lines name the files that could not be judged at all."""
     rows = [audit_row(a) for a in assessments]
     _duplicate_notes(rows)
+    _attach_spotchecks(rows)
     out_dir.mkdir(parents=True, exist_ok=True)
     plots = {}
     for key, members in by_gpu_type(rows).items():

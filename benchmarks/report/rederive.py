@@ -789,6 +789,31 @@ def _compare_checks(r: Rederivation, stored: list[Any], derived: list[dict[str, 
         r.problems.append(f"checks: {len(differing) - MAX_LISTED} more differ")
 
 
+# --- spot check ----------------------------------------------------------------------------
+
+
+def _spotcheck(r: Rederivation) -> None:
+    from gosok.benchmarks.suite.spotcheck import derive
+
+    doc = r.doc
+    assert doc is not None
+    spot = _as_dict(doc["spotcheck"], "spotcheck")
+    settings = _settings(doc["settings"], "settings")
+    world = (
+        len(_as_list(spot["drawn"], "spotcheck.drawn")) * doc["config"]["cluster"]["gpus_per_node"]
+    )
+    for reading in _as_list(doc["readings"], "readings"):
+        reading = _as_dict(reading, "reading")
+        if "compute" in reading:
+            _suite_compute(r, reading["compute"], settings.compute, world)
+        for name in ("intra_node", "inter_node"):
+            if name in reading:
+                _suite_collectives(r, name, reading[name], settings[name])
+    for key, value in _json_copy(derive(spot, doc["readings"])).items():
+        r.same(key, doc.get(key), value)
+        doc[key] = value
+
+
 # --- the Benchmark hooks -------------------------------------------------------------------
 
 
@@ -810,6 +835,7 @@ class Rederiver:
 rederive_collectives = Rederiver("collectives", _collectives)
 rederive_gemm = Rederiver("gemm", _gemm)
 rederive_suite = Rederiver("suite", _suite)
+rederive_spotcheck = Rederiver("spotcheck", _spotcheck)
 
 
 def rederivation(hook: Callable[[dict[str, Any]], list[str]], kind: str, doc: Any) -> Rederivation:

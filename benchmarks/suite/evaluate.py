@@ -166,16 +166,21 @@ def confirmed_ranks(phase: dict[str, Any]) -> list[dict[str, Any]]:
     return out
 
 
+def rank_figures(row: dict[str, Any]) -> dict[str, float]:
+    """One GPU's compute figures by metric name (``gemm_bf16_tflops``, ``hbm_gbps``, ...)."""
+    figures = {f"gemm_{d}_tflops": g["tflops"] for d, g in row["gemm"].items()}
+    if row.get("hbm"):
+        figures["hbm_gbps"] = row["hbm"]["gbps"]
+    return figures
+
+
 def compute_checks(ranks: list[dict[str, Any]], gpu: Any, contract: Any) -> list[Check]:
     expectations = resolve_expectations(contract, gpu.key)
     checks: list[Check] = []
     series: dict[str, list[tuple[str, int | None, int | None, float]]] = {}
     for row in ranks:
         subject = _gpu_subject(row["node_rank"], row["local_rank"])
-        figures = {f"gemm_{d}_tflops": g["tflops"] for d, g in row["gemm"].items()}
-        if row.get("hbm"):
-            figures["hbm_gbps"] = row["hbm"]["gbps"]
-        for metric, value in figures.items():
+        for metric, value in rank_figures(row).items():
             checks.append(
                 floor_check(
                     "compute",

@@ -158,6 +158,9 @@ class ContractConfig:
     b200_expected_source: str = "ml-engineering MAMF, torch._scaled_mm tensorwise, B200"
     max_temperature_c: float = 85.0
     max_ecc_uncorrected: int = 0
+    #: A spot check FAILs a claimed figure above the auditor's measurement of the same node
+    #: by more than this fraction (``suite=spotcheck``).
+    spotcheck_tolerance: float = 0.10
 
 
 def effective_suite(suite: Any, gpu: str) -> Any:

@@ -170,6 +170,33 @@ def slots_of(node: dict[str, Any], backend: str) -> int:
     return int(resources.get(SLOT_RESOURCE, 0))
 
 
+def pinned_node_ids(wanted: list[dict[str, Any]], alive: list[dict[str, Any]]) -> list[str]:
+    """The live Ray node of each wanted node (a results file's ``{node_id, ip, hostname}``):
+    the same node id while the cluster that measured it still runs, else the one live node
+    with that hostname, else the one with that address. ``ClusterMismatchError`` names a
+    node that matches none, or more than one."""
+    ids = {n["NodeID"] for n in alive}
+    found = []
+    for node in wanted:
+        if node.get("node_id") in ids:
+            found.append(node["node_id"])
+            continue
+        for mine, theirs in (("hostname", "NodeManagerHostname"), ("ip", "NodeManagerAddress")):
+            value = node.get(mine)
+            same = [n["NodeID"] for n in alive if value and n.get(theirs) == value]
+            if len(same) == 1:
+                found.append(same[0])
+                break
+        else:
+            raise ClusterMismatchError(
+                f"node {node.get('hostname')!r} ({node.get('ip')}) is not one live node of this "
+                f"Ray cluster (by node id, hostname or address)"
+            )
+    if len(set(found)) != len(found):
+        raise ClusterMismatchError(f"two wanted nodes are the same Ray node: {wanted}")
+    return found
+
+
 def check_cluster(cluster: Any, backend: str, exclude_node_ids: tuple[str, ...] = ()) -> None:
     """Refuse clearly when the Ray cluster cannot host cluster.nodes x cluster.gpus_per_node."""
     unit = "GPU" if backend == "nccl" else f"'{SLOT_RESOURCE}' slots"
@@ -202,8 +229,11 @@ class WorkerGroup:
         actor_options: dict[str, Any] | None = None,
         init_process_group: bool = True,
         shutdown_timeout_s: float = 10.0,
+        pin_nodes: tuple[dict[str, Any], ...] = (),
     ) -> None:
         self.cluster = cluster
+        # Node ranks on exactly these nodes, in this order (see ``pinned_node_ids``).
+        self.pin_nodes = tuple(pin_nodes)
         # False: ranks get the torchrun env but no process group (a child process they
         # start, e.g. a user script, creates its own on MASTER_ADDR:MASTER_PORT).
         self.init_process_group = init_process_group
@@ -246,7 +276,10 @@ class WorkerGroup:
         cluster = self.cluster
         check_cluster(cluster, self.backend, self.exclude_node_ids)
         selector = None
-        if self.exclude_node_ids:
+        if self.pin_nodes:
+            pinned = pinned_node_ids(list(self.pin_nodes), alive_nodes())
+            selector = [{NODE_ID_LABEL: node_id} for node_id in pinned]
+        elif self.exclude_node_ids:
             excluded = ",".join(self.exclude_node_ids)
             selector = [{NODE_ID_LABEL: f"!in({excluded})"}] * cluster.nodes
         self.pg = placement_group(

@@ -121,22 +121,73 @@ def test_degraded_node_is_named_in_every_run(suite_cluster, tmp_path: Path) -> N
         assert str(expected) in isolation["outcome"]["evidence"]
 
 
-def test_quick_suite_healthy_names_no_node_and_writes_reports(
-    suite_cluster, tmp_path: Path
-) -> None:
+@pytest.fixture(scope="module")
+def healthy(suite_cluster, tmp_path_factory) -> tuple[Path, int, str, dict, float]:
+    out_dir = tmp_path_factory.mktemp("healthy")
     begin = time.monotonic()
-    code, output, doc, _ = run_suite(tmp_path / "healthy")
-    took = time.monotonic() - begin
+    code, output, doc, _ = run_suite(out_dir)
+    return out_dir, code, output, doc, time.monotonic() - begin
+
+
+def test_quick_suite_healthy_names_no_node_and_writes_reports(healthy) -> None:
+    out_dir, code, output, doc, took = healthy
     assert code == 0, output[-4000:]
     assert took < 120, f"quick suite took {took:.0f}s"
     assert doc["kind"] == "suite" and doc["verdict"]["cluster"] in ("PASS", "WARN")
     assert failing(doc) == []
     for name in ("results.json", "report.md", "report.html", "suite_busbw.png"):
-        assert (tmp_path / "healthy" / name).exists(), name
-    assert load_results(tmp_path / "healthy" / "results.json")["sha256"] == doc["sha256"]
+        assert (out_dir / name).exists(), name
+    assert load_results(out_dir / "results.json")["sha256"] == doc["sha256"]
     phases = doc["phases"]
     assert {"inventory", "compute", "intra_node", "inter_node", "isolation"} <= set(phases)
     assert len(phases["compute"]["ranks"]) == NODES * 2
     assert len(phases["intra_node"]["per_node"]) == NODES
     assert doc["capacity"]["measured_b200_eq"] > 0
     assert "cluster verdict" in output
+
+
+def run_spotcheck(out_dir: Path, claims: Path, nonce: str, key: Path) -> tuple[int, str, dict]:
+    cmd = [
+        sys.executable, "-m", "gosok.launcher.cli", "bench", "suite=spotcheck",
+        f"spotcheck.claims={claims}", "spotcheck.nodes=2", f"audit.nonce={nonce}",
+        f"sign.key={key}", f"cluster.name={NAME}", f"cluster.nodes={NODES}",
+        f"hydra.run.dir={out_dir}",
+    ]  # fmt: skip
+    proc = subprocess.run(cmd, capture_output=True, text=True, timeout=240, env=dict(os.environ))
+    results = out_dir / "results.json"
+    doc = json.loads(results.read_text()) if results.exists() else {}
+    return proc.returncode, proc.stdout + proc.stderr, doc
+
+
+def test_spot_check_passes_honest_claims_and_fails_claims_scaled_by_a_quarter(
+    healthy, tmp_path: Path
+) -> None:
+    """The auditor re-measures 2 of the 3 claimed nodes (drawn by its nonce): the honest
+    claims pass; the same file with every raw time x 0.25, re-derived and re-signed (it
+    verifies), fails naming a node, a figure, claimed and measured."""
+    from forgery import scaled_claims
+
+    from gosok.launcher.results.signing import new_keypair
+
+    claims = healthy[0] / "results.json"
+    (tmp_path / "keys").mkdir(mode=0o700)
+    provider, _ = new_keypair(tmp_path / "keys" / "provider")
+    auditor, auditor_pub = new_keypair(tmp_path / "keys" / "auditor")
+    forged = scaled_claims(claims, tmp_path / "forged.json", 0.25, provider)
+    code, output, doc = run_spotcheck(tmp_path / "honest", claims, "audit-1", auditor)
+    assert code == 0 and doc["verdict"]["spotcheck"] == "PASS", output[-4000:]
+    drawn = [d["node_rank"] for d in doc["spotcheck"]["drawn"]]
+    assert len(set(drawn)) == 2 and doc["signature"]["public_key_fingerprint"]
+    code, output, doc = run_spotcheck(tmp_path / "forged", forged, "audit-1", auditor)
+    assert code == 1 and doc["verdict"]["spotcheck"] == "FAIL", output[-4000:]
+    assert len(doc["readings"]) == 2, "a FAIL is measured twice before it is declared"
+    failed = [c for c in doc["checks"] if c["status"] == "FAIL"]
+    assert failed and all(c["subject"].startswith(("node", "cluster")) for c in failed)
+    assert "FAIL" in output and "claimed" in output
+    verify = subprocess.run(
+        [sys.executable, "-m", "gosok.launcher.cli", "report", "verify",
+         str(tmp_path / "forged" / "results.json"), "--public-key", str(auditor_pub),
+         "--nonce", "audit-1"],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert verify.returncode == 0 and "VERIFIED" in verify.stdout, verify.stdout
