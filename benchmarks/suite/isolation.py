@@ -20,8 +20,9 @@ Two modes:
   and always within ``round_budget(n) = 2 * ceil(log2 n) + 2``.
 - ``exhaustive`` (tiny allocations, where a median of groups has no majority): every pair,
   disjoint pairs measured together (round-robin schedule, n - 1 or n rounds). A node's
-  score is its best pair; a node whose best pair is slow is a culprit, a slow pair of two
-  healthy nodes is a bad link.
+  score is its best pair; a node whose best pair is slow, and stays slow when that pair is
+  measured again, is a culprit; a slow pair of two healthy nodes that stays slow when
+  measured again is a bad link.
 
 Use::
 
@@ -319,7 +320,17 @@ def _exhaustive(n_nodes: int, measure: Measure, slow_below: float) -> IsolationO
         ]
         for r in outcome.rounds
     ]
-    outcome.culprits = sorted(n for n, score in best.items() if score < line)
+    culprits = sorted(n for n, score in best.items() if score < line)
+    for _ in range(LINK_CONFIRMATIONS):  # a culprit's best pair must stay slow when measured again
+        if not culprits or outcome.round_count >= outcome.budget:
+            break
+        pairs = sorted(
+            {max((p for p in values if n in p), key=values.__getitem__) for n in culprits}
+        )
+        _confirm_links(pairs, values, measure, outcome, ref, line)
+        best = {n: max(v for p, v in values.items() if n in p) for n in range(n_nodes)}
+        culprits = [n for n in culprits if best[n] < line]
+    outcome.culprits = culprits
     bad = set(outcome.culprits)
     suspects = [p for p, v in values.items() if v < line and not (set(p) & bad)]
     for _ in range(LINK_CONFIRMATIONS):

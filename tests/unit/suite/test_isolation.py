@@ -152,6 +152,25 @@ def test_exhaustive_mode_confirms_a_slow_pair_before_naming_a_link() -> None:
     assert outcome.round_count <= round_budget(3)
 
 
+def test_exhaustive_mode_confirms_a_slow_node_before_naming_it() -> None:
+    """Measured on a healthy 3x2 local cluster: node 2 read 0.43 and 0.45 of the reference
+    in its two pairs once; measured again it was fast. A culprit must stay slow."""
+    healthy = Simulated(set(), noise=0.05)
+    readings = {"n": 0}
+
+    def node_2_dips_twice(groups: list[list[int]]) -> list[float]:
+        values = healthy(groups)
+        readings["n"] += 1
+        if readings["n"] <= 3:
+            values = [v * 0.45 if 2 in g else v for g, v in zip(groups, values, strict=True)]
+        return values
+
+    outcome = isolate(3, node_2_dips_twice)
+    assert outcome.culprits == [], outcome.evidence(2)
+    assert any(g.purpose == "confirm" for r in outcome.rounds for g in r)
+    assert outcome.round_count <= round_budget(3)
+
+
 def test_exhaustive_mode_names_a_link_that_stays_slow() -> None:
     outcome = isolate(4, Simulated(set(), noise=0.05, links=((1, 3),)))
     assert outcome.mode == "exhaustive"
