@@ -1,9 +1,12 @@
 """Secrets never touch disk: find the secret values a command was given and redact them
 from everything gosok writes or prints.
 
-A value is secret when its variable name looks secret (a word such as TOKEN, SECRET,
-PASSWORD, CREDENTIAL, AUTH, PRIVATE, or a name ending in _KEY), when it carries credentials in a URL
-(``scheme://user:password@host``), when it comes from the launching environment
+A value is secret when its variable name looks secret (a word such as TOKEN, SECRET(S),
+PASSWORD(S), PASS, PASSPHRASE, CREDENTIAL, AUTH, PRIVATE, JWT, COOKIE, WEBHOOK, or a name
+ending in _KEY), when it follows such a flag in ``job.args`` (``--hf-token V``,
+``--api_key=V``), when it carries credentials in a URL (``scheme://user:password@host``, the
+password whole even when it holds ``@``), when it looks like a token whatever its name
+(``hf_…``, ``sk-…``, ``ghp_…``, a JWT), when it comes from the launching environment
 (``job.env_from_host``), or when it is the W&B key. Ranks still receive the real values
 (through Ray, in memory); files, Hydra's ``.hydra/`` copies, printed output and recorded
 argv get ``<redacted>``.
@@ -25,16 +28,28 @@ from typing import Any
 
 MARK = "<redacted>"
 SECRET_WORDS = {
-    "token", "secret", "password", "passwd", "pwd", "credential", "credentials", "auth",
-    "private", "apikey", "pat",
+    "token", "secret", "secrets", "password", "passwords", "passwd", "pwd", "pass",
+    "passphrase", "credential", "credentials", "auth", "private", "apikey", "pat", "jwt",
+    "cookie", "cookies", "webhook",
 }  # fmt: skip
-URL_CREDENTIALS = re.compile(r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<pw>[^@\s/]+)@")
+# The password runs to the last "@" before the host, so one holding "@" is redacted whole.
+URL_CREDENTIALS = re.compile(
+    r"(?P<head>[A-Za-z][A-Za-z0-9+.-]*://[^/\s:@]*:)(?P<pw>[^\s/]+)@(?=[^@\s/]*(?:[/\s?#]|$))"
+)
+# Values that are credentials whatever they are called (Hugging Face, OpenAI-style, GitHub,
+# GitLab, Slack tokens; JSON Web Tokens).
+TOKEN_VALUES = re.compile(
+    r"\b(?:hf_[A-Za-z0-9]{16,}|sk-[A-Za-z0-9_-]{16,}|gh[pousr]_[A-Za-z0-9]{20,}"
+    r"|glpat-[A-Za-z0-9_-]{16,}|xox[abposr]-[A-Za-z0-9-]{10,}"
+    r"|eyJ[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,}\.[A-Za-z0-9_-]{8,})"
+)
 HOST_SECRETS = ("WANDB_API_KEY",)
 
 
 def is_secret_name(name: str) -> bool:
-    """``HF_TOKEN``, ``WANDB_API_KEY``, ``db_password``: yes. ``drift_keys``, a bare
-    ``key`` (a file path in gosok's configs), ``tokens``: no."""
+    """``HF_TOKEN``, ``WANDB_API_KEY``, ``db_password``, ``DB_PASS``, ``SLACK_WEBHOOK_URL``,
+    ``--hf-token``: yes. ``drift_keys``, a bare ``key`` (a file path in gosok's configs),
+    ``max_tokens``, ``bypass``: no."""
     words = [w.lower() for w in re.split(r"[^A-Za-z0-9]+|(?<=[a-z])(?=[A-Z])", str(name)) if w]
     if any(w in SECRET_WORDS for w in words):
         return True
@@ -43,6 +58,21 @@ def is_secret_name(name: str) -> bool:
 
 def url_passwords(text: str) -> list[str]:
     return [m.group("pw") for m in URL_CREDENTIALS.finditer(text)]
+
+
+def argument_secrets(args: Iterable[Any]) -> list[str]:
+    """Values of a script's arguments whose flag names a secret: ``--hf-token V``,
+    ``--api_key=V``, ``password=V``; and any argument that looks like a token."""
+    found, args = [], [str(a) for a in args]
+    for index, arg in enumerate(args):
+        name, equals, value = arg.partition("=")
+        if equals and value and is_secret_name(name.lstrip("-")):
+            found.append(value)
+        elif arg.startswith("-") and not equals and is_secret_name(arg.lstrip("-")):
+            if index + 1 < len(args) and not args[index + 1].startswith("--"):
+                found.append(args[index + 1])
+        found += TOKEN_VALUES.findall(arg) + url_passwords(arg)
+    return found
 
 
 @dataclass
@@ -58,6 +88,7 @@ class Redactor:
 
     def text(self, text: str) -> str:
         text = URL_CREDENTIALS.sub(lambda m: m.group("head") + MARK + "@", text)
+        text = TOKEN_VALUES.sub(MARK, text)
         for value in sorted(self.values, key=len, reverse=True):
             text = text.replace(value, MARK)
         return text
@@ -85,6 +116,10 @@ class Redactor:
                 for password in url_passwords(value):
                     redactor.add(password)
         job = _get(cfg, "job")
+        args = _get(job, "args")
+        if args is not None and not isinstance(args, str):
+            for value in argument_secrets(list(args)):
+                redactor.add(value)
         for name in _get(job, "env_from_host") or []:
             if name in environ:
                 redactor.add(environ[name])
@@ -101,6 +136,10 @@ class Redactor:
             key, _, value = str(arg).partition("=")
             if value and is_secret_name(key.split(".")[-1]):
                 redactor.add(value)
+            if key.lstrip("+~").split(".")[-1] == "args" and value:  # job.args=[--token,V]
+                items = [v.strip().strip("'\"") for v in value.strip("[] ").split(",")]
+                for secret in argument_secrets(items):
+                    redactor.add(secret)
             for password in url_passwords(str(arg)):
                 redactor.add(password)
         return redactor

@@ -27,7 +27,7 @@ from rich.markup import escape
 
 from gosok.launcher.config.allocation import describe_allocation
 from gosok.launcher.config.launch_validate import validate_launch
-from gosok.launcher.config.secrets import redacted_config
+from gosok.launcher.config.secrets import Redactor, current, redacted_config
 from gosok.launcher.config.validate import raise_if
 from gosok.launcher.launch.checkpoint import CheckpointStore
 from gosok.launcher.launch.wandb_logger import redact, wandb_mode
@@ -416,7 +416,8 @@ def launch_task(cfg: Any, console: Console) -> int:
         metrics = (result.attempts[-1].rank0_beat or {}).get("result")
         if metrics:
             atomic_write_bytes(run_dir / "result.json", json.dumps(metrics, indent=1).encode())
-    recorder.finish(result.ok, result.message, metrics)
+    redactor = current().merge(Redactor.for_config(cfg))
+    recorder.finish(result.ok, redactor.text(result.message), metrics)
     doc = {
         "kind": "launch",
         "config": redacted_config(cfg),
@@ -436,6 +437,7 @@ def launch_task(cfg: Any, console: Console) -> int:
     if cfg.audit.nonce is not None:
         doc["audit"] = {"nonce": cfg.audit.nonce}
     path = run_dir / "launch.json"
+    doc = redactor.data(doc)  # failure messages quote rank logs, which may hold secrets
     write_results(path, doc)
     if cfg.sign.key:
         from gosok.launcher.results.signing import sign_file

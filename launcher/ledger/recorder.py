@@ -47,6 +47,8 @@ from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
 from typing import Any
 
+from gosok.launcher.config.secrets import current
+
 from .db import Ledger
 from .sampler import IdleTracker
 
@@ -330,7 +332,7 @@ class LaunchRecorder:
                 tokens = float(steps) * float(self.tokens_per_step)
             status = exit_status or ("ok" if ok else "failed")
             finished = time.time()
-            detail = {"message": message} if message else {}
+            detail = {"message": current().text(message)} if message else {}
             state = self._attempt
             if state is not None:  # the job ended inside an attempt (an error, Ctrl-C)
                 values = {
