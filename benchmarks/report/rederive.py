@@ -662,20 +662,9 @@ def _replay_isolation(
 
 
 def _suite(r: Rederivation) -> None:
-    from gosok.benchmarks.suite.capacity import capacity
-    from gosok.benchmarks.suite.evaluate import (
-        confirmed_ranks,
-        isolation_checks,
-        isolation_reasons,
-    )
+    from gosok.benchmarks.suite.derive import isolation_due, judge
     from gosok.benchmarks.suite.phases import evaluate_phases
     from gosok.benchmarks.suite.schema import effective_suite
-    from gosok.benchmarks.suite.verdicts import (
-        cluster_verdict,
-        exit_code,
-        failing_nodes,
-        node_verdicts,
-    )
 
     doc = r.doc
     assert doc is not None
@@ -706,11 +695,9 @@ def _suite(r: Rederivation) -> None:
     if "inter_node" in phases:
         r.same("phases.inter_node.nodes", phases["inter_node"]["nodes"], n_nodes)
     drift_keys = _drift_keys(r, list(suite.inventory.drift_keys), doc["checks"])
-    checks = evaluate_phases(phases, gpu, contract, gpus_per_node, drift_keys)
     if "isolation" in listed:
-        reasons = isolation_reasons(checks)
-        trigger = suite.isolation.trigger
-        should_run = trigger == "always" or (trigger == "on_failure" and bool(reasons))
+        before = evaluate_phases(phases, gpu, contract, gpus_per_node, drift_keys)
+        should_run, reasons = isolation_due(before, suite.isolation.trigger)
         recorded = _as_dict(phases.get("isolation"), "phases.isolation")
         r.same("phases.isolation.triggered", recorded.get("triggered"), should_run)
         if should_run and recorded.get("triggered"):
@@ -718,32 +705,14 @@ def _suite(r: Rederivation) -> None:
             derived = {"triggered": True, "reasons": reasons or ["trigger=always"]}
             r.same("phases.isolation.reasons", recorded["reasons"], derived["reasons"])
             phases["isolation"] = {**derived, "outcome": outcome}
-            checks += isolation_checks(phases["isolation"])
         else:
             r.same("phases.isolation.reasons", recorded.get("reasons"), reasons)
             phases["isolation"] = {"triggered": False, "reasons": reasons}
-    derived_checks = [c.to_dict() for c in checks]
-    _compare_checks(r, _as_list(doc["checks"], "checks"), derived_checks)
-    doc["checks"] = derived_checks
-    verdict = cluster_verdict(checks)
-    derived_verdict = {
-        "cluster": verdict,
-        "nodes": {str(n): s for n, s in node_verdicts(checks, n_nodes).items()},
-        "failing_nodes": [labels[n] for n in failing_nodes(checks, n_nodes)],
-        "exit_code": exit_code(verdict),
-    }
-    r.same("verdict", doc["verdict"], derived_verdict)
-    doc["verdict"] = derived_verdict
-    fp8 = [
-        row["gemm"]["fp8"]["tflops"]
-        for row in (confirmed_ranks(phases["compute"]) if "compute" in phases else [])
-        if "fp8" in row["gemm"]
-    ]
-    derived_capacity = _json_copy(
-        capacity(gpu, n_nodes * gpus_per_node, fp8, contract.b200_expected_fp8_tflops)
-    )
-    r.same("capacity", doc.get("capacity"), derived_capacity)
-    doc["capacity"] = derived_capacity
+    judged = _json_copy(judge(phases, labels, gpu, contract, gpus_per_node, drift_keys))
+    _compare_checks(r, _as_list(doc["checks"], "checks"), judged["checks"])
+    r.same("verdict", doc["verdict"], judged["verdict"])
+    r.same("capacity", doc.get("capacity"), judged["capacity"])
+    doc.update(judged)
 
 
 def _drift_keys(r: Rederivation, recorded: list[Any], stored_checks: Any) -> list[str]:

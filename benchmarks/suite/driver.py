@@ -24,18 +24,10 @@ from rich.console import Console
 from gosok.benchmarks.core.harness import bench_session, run_dir, write_run_results
 from gosok.benchmarks.core.registry import Benchmark
 from gosok.benchmarks.report.rederive import rederive_suite
-from gosok.benchmarks.suite.capacity import capacity
-from gosok.benchmarks.suite.evaluate import confirmed_ranks, isolation_reasons
+from gosok.benchmarks.suite.derive import isolation_due, judge
 from gosok.benchmarks.suite.phases import PHASES, PhaseContext, evaluate_phases, suite_plan
 from gosok.benchmarks.suite.ranks import prepare_rank
 from gosok.benchmarks.suite.schema import effective_suite, load_contract, validate_suite
-from gosok.benchmarks.suite.verdicts import (
-    Check,
-    cluster_verdict,
-    exit_code,
-    failing_nodes,
-    node_verdicts,
-)
 from gosok.launcher.config.catalogue import gpu_spec
 from gosok.launcher.results.journal import note
 
@@ -114,33 +106,22 @@ def run_suite(cfg: Any, console: Console) -> int:
             phases[name] = PHASES[name].run(ctx, suite[name])
             timings[name] = time.perf_counter() - start
             note("suite", {"phase": name, "result": phases[name]})
-        checks: list[Check] = evaluate_phases(
-            phases, gpu, contract, cfg.cluster.gpus_per_node, list(suite.inventory.drift_keys)
-        )
+        drift_keys = list(suite.inventory.drift_keys)
+        checks = evaluate_phases(phases, gpu, contract, cfg.cluster.gpus_per_node, drift_keys)
         for name in suite.phases:
-            record = PHASES[name]
-            if not record.after_checks:
+            if not PHASES[name].after_checks:
                 continue
-            reasons = isolation_reasons(checks)
-            trigger = suite[name].trigger
-            if trigger == "always" or (trigger == "on_failure" and reasons):
+            due, reasons = isolation_due(checks, suite[name].trigger)
+            if due:
                 start = time.perf_counter()
                 console.print(f"[bold]phase {name}[/]")
                 ctx.reasons = reasons
-                phases[name] = record.run(ctx, suite[name])
-                checks += record.checks(phases[name], gpu, contract, None)
+                phases[name] = PHASES[name].run(ctx, suite[name])
                 timings[name] = time.perf_counter() - start
             else:
                 phases[name] = {"triggered": False, "reasons": reasons}
-        n_nodes = len(group.plan.nodes)
-        verdict = cluster_verdict(checks)
-        per_node = node_verdicts(checks, n_nodes)
         labels = _node_labels(group.plan)
-        fp8 = [
-            r["gemm"]["fp8"]["tflops"]
-            for r in (confirmed_ranks(phases["compute"]) if "compute" in phases else [])
-            if "fp8" in r["gemm"]
-        ]
+        judged = judge(phases, labels, gpu, contract, cfg.cluster.gpus_per_node, drift_keys)
         payload = {
             "suite": {
                 "name": suite.name,
@@ -152,16 +133,7 @@ def run_suite(cfg: Any, console: Console) -> int:
             "nodes": labels,
             "phases": phases,
             "timing_seconds": timings,
-            "checks": [c.to_dict() for c in checks],
-            "verdict": {
-                "cluster": verdict,
-                "nodes": {str(n): s for n, s in per_node.items()},
-                "failing_nodes": [labels[n] for n in failing_nodes(checks, n_nodes)],
-                "exit_code": exit_code(verdict),
-            },
-            "capacity": capacity(
-                gpu, n_nodes * cfg.cluster.gpus_per_node, fp8, contract.b200_expected_fp8_tflops
-            ),
+            **judged,
             "plan_estimate": suite_plan(suite, cfg.cluster, gpu),
         }
         path = write_run_results("suite", cfg, session, payload)
@@ -174,7 +146,7 @@ def run_suite(cfg: Any, console: Console) -> int:
     console.print(f"results: {path}", highlight=False)
     for item in written:
         console.print(f"report: {item}", highlight=False)
-    return exit_code(verdict)
+    return int(judged["verdict"]["exit_code"])
 
 
 def render(doc: dict[str, Any], args: Any) -> int:

@@ -36,12 +36,11 @@ from gosok.benchmarks.compute.entries import (
 )
 from gosok.benchmarks.compute.schema import ComputeProfile, GemmBenchConfig, resolved_profile
 from gosok.benchmarks.report.reference import reference_suite
-from gosok.benchmarks.suite.capacity import capacity
-from gosok.benchmarks.suite.evaluate import isolation_checks, isolation_reasons, key_figure
+from gosok.benchmarks.suite.derive import isolation_due, judge
+from gosok.benchmarks.suite.evaluate import key_figure
 from gosok.benchmarks.suite.isolation import isolate
 from gosok.benchmarks.suite.phases import compute_kernels, evaluate_phases
 from gosok.benchmarks.suite.schema import load_contract
-from gosok.benchmarks.suite.verdicts import cluster_verdict, exit_code, failing_nodes, node_verdicts
 from gosok.launcher.config.catalogue import gpu_spec
 from gosok.launcher.results.signing import sign_doc
 from gosok.launcher.results.store import SCHEMA, write_results
@@ -260,9 +259,11 @@ def suite_doc(
             **key_figure(inter_records, 0, op),
         },
     }
-    checks = evaluate_phases(phases, spec, contract, per_node, list(suite.inventory.drift_keys))
-    reasons = isolation_reasons(checks)
-    if reasons:
+    drift_keys = list(suite.inventory.drift_keys)
+    due, reasons = isolation_due(
+        evaluate_phases(phases, spec, contract, per_node, drift_keys), "on_failure"
+    )
+    if due:
 
         def measure(groups: list[list[int]]) -> list[float]:
             return [100.0 * min(speed(n) for n in g) * (1 + rng.uniform(-0.01, 0.01))
@@ -276,7 +277,6 @@ def suite_doc(
             exhaustive_below=suite.isolation.exhaustive_below,
         )
         phases["isolation"] = {"triggered": True, "reasons": reasons, "outcome": outcome.to_dict()}
-        checks += isolation_checks(phases["isolation"])
     else:
         phases["isolation"] = {"triggered": False, "reasons": reasons}
     labels = [
@@ -288,8 +288,6 @@ def suite_doc(
         }
         for n in range(nodes)
     ]
-    verdict = cluster_verdict(checks)
-    fp8 = [r["gemm"]["fp8"]["tflops"] for r in ranks]
     doc = _base(
         "suite",
         _cluster(cluster, provider, gpu, nodes, per_node),
@@ -305,14 +303,7 @@ def suite_doc(
             "nodes": labels,
             "phases": phases,
             "timing_seconds": {"setup": 1.0},
-            "checks": [c.to_dict() for c in checks],
-            "verdict": {
-                "cluster": verdict,
-                "nodes": {str(n): s for n, s in node_verdicts(checks, nodes).items()},
-                "failing_nodes": [labels[n] for n in failing_nodes(checks, nodes)],
-                "exit_code": exit_code(verdict),
-            },
-            "capacity": capacity(spec, world, fp8, contract.b200_expected_fp8_tflops),
+            **judge(phases, labels, spec, contract, per_node, drift_keys),
         }
     )
     return doc
