@@ -21,6 +21,7 @@ from gosok.benchmarks.collectives.report import (
     bandwidths,
     format_header,
     format_row,
+    mean_time_us,
     plot_busbw,
     reduce_times,
     render_table,
@@ -43,7 +44,8 @@ def step_records(
         answers = [per_rank[r] for r in members]
         first = answers[0]
         for mode in first["modes"]:
-            times = [a["modes"][mode]["time_us"] for a in answers]
+            iterations = [a["modes"][mode]["iter_us"] for a in answers]
+            times = [mean_time_us(rows) for rows in iterations]
             wrongs = [a["modes"][mode]["wrong"] for a in answers]
             time_us = reduce_times(times, bench.time_reduce)
             algbw, busbw = bandwidths(op, first["size_bytes"], time_us, len(members))
@@ -62,6 +64,7 @@ def step_records(
                     "time_us": time_us,
                     "time_reduce": bench.time_reduce,
                     "per_rank_time_us": times,
+                    "per_rank_iter_us": iterations,
                     "algbw_gbps": algbw,
                     "busbw_gbps": busbw,
                     "busbw_factor": spec.busbw_factor(len(members)),
@@ -89,7 +92,7 @@ def measure_collectives(
                 f"# {op} ({dtype}), {len(groups[0])} ranks per group, {len(groups)} group(s)",
                 highlight=False,
             )
-            console.print(format_header(multi), highlight=False)
+            console.print(format_header(multi, _skip(bench) is not None), highlight=False)
             op_records = []
             for size in sizes:
                 per_rank = group.run(
@@ -114,7 +117,7 @@ def measure_collectives(
                     if by_mode:
                         label = str(index) if multi else None
                         console.print(
-                            format_row(by_mode, label) + f"   [{done}/{total}]",
+                            format_row(by_mode, label, _skip(bench)) + f"   [{done}/{total}]",
                             highlight=False,
                             markup=False,
                         )
@@ -167,7 +170,9 @@ def validate(cfg: Any) -> list[str]:
 
 
 def run(cfg: Any, console: Console) -> int:
+    from gosok.benchmarks.collectives.nccl_tests import write_documents
     from gosok.benchmarks.core.harness import bench_session, run_dir, write_run_results
+    from gosok.launcher.results.store import load_results
 
     with bench_session(cfg, cfg.bench.timeout_s) as session:
         records = measure_collectives(session.group, cfg.bench, console)
@@ -189,6 +194,11 @@ def run(cfg: Any, console: Console) -> int:
             },
         }
         path = write_run_results("collectives", cfg, session, payload)
+    written = write_documents(
+        run_dir(),
+        load_results(path),
+        [("collectives", records, cfg.bench, cfg.bench.per_iteration_skip)],
+    )
     if cfg.output.plot and records:
         plot_busbw(
             records,
@@ -199,12 +209,25 @@ def run(cfg: Any, console: Console) -> int:
     for problem in problems:
         console.print(f"[bold red]FAIL[/] {problem}")
     console.print(f"results: {path}", highlight=False)
+    for item in written:
+        console.print(f"nccl-tests JSON: {item}", highlight=False)
     console.print(f"run directory: {run_dir()}", highlight=False)
     return 0 if ok else 1
 
 
+def _skip(bench: Any) -> int | None:
+    """The per-iteration columns' skip (``bench.per_iteration_skip``), None when off."""
+
+    def value(key: str, default: Any) -> Any:
+        return bench.get(key, default) if isinstance(bench, dict) else getattr(bench, key, default)
+
+    if not value("per_iteration", False):
+        return None
+    return int(value("per_iteration_skip", 0))
+
+
 def render(doc: dict[str, Any], args: Any) -> int:
-    print(render_table(doc["records"]))
+    print(render_table(doc["records"], _skip(doc["config"]["bench"])))
     if getattr(args, "plot", None):
         print(f"plot: {plot_busbw(doc['records'], args.plot)}")
     return 0

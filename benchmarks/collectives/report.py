@@ -25,6 +25,12 @@ def bandwidths(op: str, size_bytes: int, time_us: float, n: int) -> tuple[float,
     return algbw, algbw * COLLECTIVES[op].busbw_factor(n)
 
 
+def mean_time_us(iterations_us: list[float]) -> float:
+    """A rank's time per call: the mean of its back-to-back iterations (the whole span
+    divided by the number of calls, as nccl-tests times it)."""
+    return sum(iterations_us) / len(iterations_us)
+
+
 def reduce_times(per_rank_us: list[float], how: str) -> float:
     """Reduce per-rank mean times to one, like nccl-tests' -a option (default: avg)."""
     if how == "avg":
@@ -38,14 +44,21 @@ def reduce_times(per_rank_us: list[float], how: str) -> float:
     raise ValueError(f"unknown time reduction {how!r}; allowed: avg, min, max, rank0")
 
 
-def format_header(group_label: bool) -> str:
+ITER_COLUMNS = ("i_min", "i_max", "i_p99", "i_cv%")
+
+
+def format_header(group_label: bool, per_iteration: bool = False) -> str:
     lead = f"{'group':>8s}" if group_label else ""
     blank = " " * len(lead)
     half = f"{'time':>10s} {'algbw':>7s} {'busbw':>7s} {'#wrong':>6s}"
     units = f"{'(us)':>10s} {'(GB/s)':>7s} {'(GB/s)':>7s} {'':>6s}"
+    if per_iteration:  # nccl-tests -I 1: the slowest rank's time per iteration
+        half += "".join(f" {c:>9s}" for c in ITER_COLUMNS)
+        units += "".join(f" {u:>9s}" for u in ("(us)", "(us)", "(us)", ""))
+    width = len(half)
     return "\n".join(
         [
-            f"#{blank}{'':>47s}   {'out-of-place':^33s}   {'in-place':^33s}",
+            f"#{blank}{'':>47s}   {'out-of-place':^{width}s}   {'in-place':^{width}s}",
             f"#{lead}{'size':>11s}{'count':>13s}{'type':>9s}{'redop':>7s}{'root':>7s}"
             f"   {half}   {half}",
             f"#{blank}{'(B)':>11s}{'(elements)':>13s}{'':>23s}   {units}   {units}",
@@ -53,24 +66,43 @@ def format_header(group_label: bool) -> str:
     )
 
 
-def _half(record: dict[str, Any] | None) -> str:
+def _iteration_cells(record: dict[str, Any] | None, skip: int) -> str:
+    from gosok.benchmarks.collectives.iterations import iteration_stats, slowest_per_iteration
+
+    stats = None
+    if record is not None and record.get("per_rank_iter_us"):
+        stats = iteration_stats(slowest_per_iteration(record["per_rank_iter_us"]), skip)
+    elif record is not None and record.get("iteration_stats"):
+        stats = record["iteration_stats"]  # as an nccl-tests file states it
+    if stats is None:
+        return "".join(f" {'N/A':>9s}" for _ in ITER_COLUMNS)
+    values = (stats["min_us"], stats["max_us"], stats["p99_us"])
+    return "".join(f" {v:9.1f}" for v in values) + f" {stats['cv_pct']:9.1f}"
+
+
+def _half(record: dict[str, Any] | None, skip: int | None = None) -> str:
+    cells = "" if skip is None else _iteration_cells(record, skip)
     if record is None:
-        return f"{'N/A':>10s} {'N/A':>7s} {'N/A':>7s} {'N/A':>6s}"
+        return f"{'N/A':>10s} {'N/A':>7s} {'N/A':>7s} {'N/A':>6s}" + cells
     wrong = "N/A" if record["wrong"] < 0 else str(record["wrong"])
     return (
         f"{record['time_us']:10.1f} {record['algbw_gbps']:7.3f} "
-        f"{record['busbw_gbps']:7.3f} {wrong:>6s}"
+        f"{record['busbw_gbps']:7.3f} {wrong:>6s}" + cells
     )
 
 
-def format_row(by_mode: dict[str, dict[str, Any]], group_label: str | None) -> str:
+def format_row(
+    by_mode: dict[str, dict[str, Any]], group_label: str | None, skip: int | None = None
+) -> str:
+    """One size's row; ``skip`` (not None) adds the per-iteration columns, the summary
+    leaving out the first ``skip`` iterations (nccl-tests -K)."""
     any_record = next(iter(by_mode.values()))
     lead = f"{group_label:>8s}" if group_label is not None else ""
     root = str(any_record["root"]) if any_record["root"] is not None else "-1"
     return (
         f" {lead}{any_record['size_bytes']:>11d}{any_record['count']:>13d}"
         f"{any_record['dtype']:>9s}{any_record['redop']:>7s}{root:>7s}"
-        f"   {_half(by_mode.get('out_of_place'))}   {_half(by_mode.get('in_place'))}"
+        f"   {_half(by_mode.get('out_of_place'), skip)}   {_half(by_mode.get('in_place'), skip)}"
     )
 
 
@@ -87,8 +119,9 @@ def averages_by_op(records: list[dict[str, Any]]) -> dict[str, float]:
     return {key: average_busbw(items) for key, items in grouped.items()}
 
 
-def render_table(records: list[dict[str, Any]]) -> str:
-    """The whole nccl-tests style table for a results file, op by op."""
+def render_table(records: list[dict[str, Any]], skip: int | None = None) -> str:
+    """The whole nccl-tests style table for a results file, op by op (``skip``: with the
+    per-iteration columns, see ``format_row``)."""
     lines: list[str] = []
     multi_group = len({r["group"] for r in records}) > 1
     by_op: dict[tuple[str, str], list[dict[str, Any]]] = defaultdict(list)
@@ -96,12 +129,12 @@ def render_table(records: list[dict[str, Any]]) -> str:
         by_op[(record["op"], record["dtype"])].append(record)
     for (op, dtype), items in by_op.items():
         lines.append(f"# {op} ({dtype}), {items[0]['world_size']} ranks per group")
-        lines.append(format_header(multi_group))
+        lines.append(format_header(multi_group, skip is not None))
         rows: dict[tuple[Any, int], dict[str, dict[str, Any]]] = defaultdict(dict)
         for record in items:
             rows[(record["group"], record["size_bytes"])][record["mode"]] = record
         for (group, _), by_mode in sorted(rows.items(), key=lambda kv: (kv[0][1], kv[0][0])):
-            lines.append(format_row(by_mode, str(group) if multi_group else None))
+            lines.append(format_row(by_mode, str(group) if multi_group else None, skip))
         lines.append(f"# Avg bus bandwidth    : {average_busbw(items):.3f} GB/s")
         lines.append("")
     return "\n".join(lines)

@@ -47,6 +47,11 @@ class CollectivesBenchConfig:
     root: int = 0
     #: How per-rank times combine (nccl-tests -a): avg, min, max, rank0.
     time_reduce: str = "avg"
+    #: Show per-iteration statistics in the table (nccl-tests -I 1): the slowest rank's
+    #: time per iteration, min / max / p99 / cv. Every iteration is kept either way.
+    per_iteration: bool = False
+    #: Leave the first iterations out of the per-iteration summary (nccl-tests -K).
+    per_iteration_skip: int = 0
     #: Exit 1 when an op's average busbw is below this (GB/s; 0 = off).
     min_busbw_gbps: float = 0.0
     #: Seconds one size may take on the ranks before the run is stopped.
@@ -108,6 +113,11 @@ def validate_collectives(bench: Any, cluster: Any = None, prefix: str = "bench")
     problems += positive(f"{prefix}.min_busbw_gbps", bench.min_busbw_gbps, 0, maximum=1e6)
     if problems:
         return problems
+    if not 0 <= bench.per_iteration_skip < bench.iters:
+        problems.append(
+            f"{prefix}.per_iteration_skip={bench.per_iteration_skip} is not allowed; "
+            f"allowed: 0 to {prefix}.iters - 1 ({bench.iters - 1})"
+        )
     if bench.min_bytes > bench.max_bytes:
         problems.append(
             f"{prefix}.min_bytes={bench.min_bytes} is larger than "

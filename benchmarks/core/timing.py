@@ -3,7 +3,9 @@
 Two methods, each the field's convention for what it measures, both recorded in results:
 
 - ``time_back_to_back(fn, iters, device)`` (collectives, as nccl-tests): ``iters`` calls
-  back to back, one span; returns the mean seconds per call.
+  back to back, one span, stamped between calls (CUDA events recorded on the stream, which
+  do not synchronise it); returns each call's seconds, which sum to the span, so their mean
+  is nccl-tests' time per call and their spread is its ``-I 1`` per-iteration view.
 - ``time_samples(fn, device, samples, warmup, flush, min_sample_s)`` (GEMM and HBM, as
   mamf-finder): each sample is preceded by ``flush`` (an L2 flush) outside the timed span
   and times one call, or as many back-to-back calls as fill ``min_sample_s`` (a window
@@ -46,22 +48,23 @@ def barrier(device: Any, group: Any = None) -> None:
         dist.barrier(group=group)
 
 
-def time_back_to_back(fn: Callable[[], Any], iters: int, device: Any) -> float:
-    """Mean seconds per call of ``iters`` back-to-back calls."""
+def time_back_to_back(fn: Callable[[], Any], iters: int, device: Any) -> list[float]:
+    """Seconds of each of ``iters`` back-to-back calls (they sum to the whole span)."""
     if device.type == "cuda":
         import torch
 
-        start, end = torch.cuda.Event(enable_timing=True), torch.cuda.Event(enable_timing=True)
-        start.record()
-        for _ in range(iters):
+        events = [torch.cuda.Event(enable_timing=True) for _ in range(iters + 1)]
+        events[0].record()
+        for event in events[1:]:
             fn()
-        end.record()
-        end.synchronize()
-        return start.elapsed_time(end) / 1e3 / iters
-    begin = time.perf_counter()
+            event.record()
+        events[-1].synchronize()
+        return [a.elapsed_time(b) / 1e3 for a, b in zip(events, events[1:], strict=False)]
+    stamps = [time.perf_counter()]
     for _ in range(iters):
         fn()
-    return (time.perf_counter() - begin) / iters
+        stamps.append(time.perf_counter())
+    return [b - a for a, b in zip(stamps, stamps[1:], strict=False)]
 
 
 def _cuda_sample(fn: Callable[[], Any], device: Any, min_sample_s: float) -> float:

@@ -28,7 +28,7 @@ import torch.distributed as dist
 import torch.multiprocessing as mp
 
 from gosok.benchmarks.collectives.ops import collective_step
-from gosok.benchmarks.collectives.report import bandwidths
+from gosok.benchmarks.collectives.report import bandwidths, mean_time_us
 from gosok.launcher.cluster import local as local_cluster
 from gosok.launcher.config.schema import ClusterConfig
 from gosok.launcher.ranks.fingerprint import driver_fingerprint
@@ -82,7 +82,7 @@ def gosok_time_us(group: WorkerGroup, size_bytes: int, warmup: int, iters: int) 
         0,
         [list(range(world))],
     )
-    times = [a["modes"]["in_place"]["time_us"] for a in answers]
+    times = [mean_time_us(a["modes"]["in_place"]["iter_us"]) for a in answers]
     return sum(times) / len(times)
 
 

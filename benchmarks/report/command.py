@@ -20,12 +20,15 @@ compared by the ``Benchmark`` record that writes it (``core.registry.for_kind``)
 from __future__ import annotations
 
 import argparse
+import json
 import math
 import sys
 from pathlib import Path
 from typing import Any
 
+from gosok.benchmarks.report.rederive import Rederivation
 from gosok.benchmarks.report.trust import (
+    MAX_FILE_BYTES,
     InputError,
     assess,
     check_nonces,
@@ -36,7 +39,7 @@ from gosok.benchmarks.report.trust import (
 )
 
 SUBCOMMANDS = ("verify", "sign", "compare", "audit")
-USAGE = """usage: gosok report RESULTS [--plot PNG] [--out-dir DIR]
+USAGE = """usage: gosok report RESULTS [--plot PNG] [--out-dir DIR]   (gosok's or nccl-tests' JSON)
        gosok report verify RESULTS... [--public-key PUB ...] [--nonce N ...] [--allow-unsigned]
        gosok report verify RESULTS... --registry REGISTRY.yaml
        gosok report sign RESULTS --key KEY
@@ -106,6 +109,9 @@ def _render(argv: list[str]) -> int:
 
             return render_run_dir(run_dir)  # a run that did not finish: its journal
         args.results = str(run_dir / "results.json")
+    nccl = _nccl_tests_input(args.results)
+    if nccl is not None:
+        return _render_nccl_tests(args.results, nccl, args)
     try:
         doc = _loaded(args.results, "report")
     except InputError as err:
@@ -129,6 +135,54 @@ def _render(argv: list[str]) -> int:
     except OSError as err:
         return _fail("", f"cannot write the report: {err.strerror or err}: {err.filename or ''}")
     return max(code, 1 if result.problems else 0)
+
+
+def _nccl_tests_input(path: str) -> dict[str, Any] | None:
+    """The document of a file nccl-tests wrote (``-J``), or None for anything else."""
+    from gosok.benchmarks.collectives.nccl_tests import is_nccl_tests
+
+    try:
+        if Path(path).stat().st_size > MAX_FILE_BYTES:
+            return None
+        doc = json.loads(Path(path).read_bytes())
+    except (OSError, ValueError, RecursionError):
+        return None
+    return doc if is_nccl_tests(doc) else None
+
+
+def _nccl_tests_results(path: str, doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+    """An nccl-tests file as gosok collective results; ``InputError`` naming the file when
+    it lacks what busbw needs."""
+    from gosok.benchmarks.collectives.nccl_tests import as_results
+
+    try:
+        return as_results(doc)
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        raise InputError(f"{path}: an nccl-tests file gosok cannot read: {err}") from None
+
+
+def _render_nccl_tests(path: str, doc: dict[str, Any], args: argparse.Namespace) -> int:
+    from gosok.benchmarks.collectives.report import plot_busbw, render_table
+
+    try:
+        results, problems = _nccl_tests_results(path, doc)
+    except InputError as err:
+        return _fail("", str(err))
+    print(
+        printable(
+            f"{path}: nccl-tests JSON (version {doc['version']}), UNSIGNED; algbw and busbw "
+            "re-derived from its times with gosok's formulas"
+        )
+    )
+    for line in problems:
+        print(printable(f"NOT RE-DERIVABLE {path}: {line}"))
+    skip = int(doc["config"].get("per_iter_skip") or 0)
+    per_iteration = any("iteration_stats" in r for r in results["records"])
+    for line in render_table(results["records"], skip if per_iteration else None).splitlines():
+        print(printable(line))
+    if getattr(args, "plot", None) and results["records"]:
+        print(f"plot: {plot_busbw(results['records'], args.plot)}")
+    return 1 if problems else 0
 
 
 # --- verify and sign ------------------------------------------------------------------------
@@ -302,13 +356,23 @@ def _compare(argv: list[str]) -> int:
         help="compare files measured on different GPU types (their figures are not alike)",
     )
     args = parser.parse_args(argv)
+    loaded, problems = [], []
     try:
-        a = _loaded(args.baseline, "compare")
-        b = _loaded(args.candidate, "compare")
+        for path in (args.baseline, args.candidate):
+            nccl = _nccl_tests_input(path)
+            if nccl is None:
+                loaded.append(_loaded(path, "compare"))
+                continue
+            doc, found = _nccl_tests_results(path, nccl)
+            loaded.append(doc)
+            problems += [f"NOT RE-DERIVABLE {path}: {line}" for line in found]
     except InputError as err:
         return _fail(" compare", str(err))
     except _SealBroken as err:
         return _fail(" compare", str(err), 1)
+    a, b = loaded
+    for line in problems:
+        print(printable(line))
     if a["kind"] != b["kind"]:
         return _fail(" compare", f"cannot compare kind {a['kind']!r} with {b['kind']!r}")
     ga, gb = gpu_type(a), gpu_type(b)
@@ -326,6 +390,10 @@ def _compare(argv: list[str]) -> int:
         return _fail(" compare", f"no comparison for results of kind {a['kind']!r}")
     results = []
     for path, doc in ((args.baseline, a), (args.candidate, b)):
+        if doc.get("source") == "nccl-tests":  # re-derived as it was read
+            mine = [p for p in problems if path in p]
+            results.append(Rederivation("collectives", doc, problems=mine))
+            continue
         result = rederive_doc(doc)
         if result.malformed or result.doc is None:
             return _fail(" compare", f"{path}: {result.malformed}")

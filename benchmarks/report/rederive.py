@@ -7,7 +7,8 @@ follows from the raw data: each function here recomputes every derived figure wi
 own formulas, from the settings, GPU catalogue entry and contract *the file recorded*, and
 lists each stored figure that does not match.
 
-- ``collectives``: ``time_us`` from ``per_rank_time_us`` and the recorded ``time_reduce``
+- ``collectives``: ``per_rank_time_us`` as the mean of each rank's ``per_rank_iter_us``
+  (every timed iteration), ``time_us`` from them and the recorded ``time_reduce``
   (nccl-tests' ``-a``), ``algbw = size / time``, ``busbw = algbw x factor(n)``; averages and
   the pass/fail summary.
 - ``gemm``: median / mean / min / max of ``times_us``, ``TFLOPS = 2·M·N·K / median``,
@@ -42,7 +43,12 @@ from omegaconf import OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from gosok.benchmarks.collectives.ops import COLLECTIVES
-from gosok.benchmarks.collectives.report import averages_by_op, bandwidths, reduce_times
+from gosok.benchmarks.collectives.report import (
+    averages_by_op,
+    bandwidths,
+    mean_time_us,
+    reduce_times,
+)
 from gosok.benchmarks.collectives.schema import TIME_REDUCTIONS
 from gosok.benchmarks.compute.entries import KERNELS, annotate, gbps_from, tflops_from, time_stats
 from gosok.launcher.config.schema import GpuSpec
@@ -302,6 +308,14 @@ def _collective_record(
         r.missing.append(f"{label}: no per_rank_time_us")
         return
     n = len(_as_list(record["ranks"], f"{label}.ranks"))
+    if "per_rank_iter_us" in record:  # every timed iteration of every rank
+        rows = _as_list(record["per_rank_iter_us"], f"{label}.per_rank_iter_us")
+        means = [mean_time_us(_times(row, f"{label}.per_rank_iter_us")) for row in rows]
+        r.same(
+            f"{label}: per_rank_time_us (mean of per_rank_iter_us)",
+            record["per_rank_time_us"],
+            means,
+        )
     times = _times(record["per_rank_time_us"], f"{label}.per_rank_time_us")
     how = record["time_reduce"]
     _require(
@@ -762,7 +776,7 @@ def _compare_checks(r: Rederivation, stored: list[Any], derived: list[dict[str, 
 
 
 def _spotcheck(r: Rederivation) -> None:
-    from gosok.benchmarks.suite.spotcheck import derive
+    from gosok.benchmarks.spotcheck.driver import derive
 
     doc = r.doc
     assert doc is not None

@@ -137,11 +137,16 @@ def run_suite(cfg: Any, console: Console) -> int:
             "plan_estimate": suite_plan(suite, cfg.cluster, gpu),
         }
         path = write_run_results("suite", cfg, session, payload)
+    from gosok.benchmarks.collectives.nccl_tests import write_documents
     from gosok.benchmarks.suite.report import print_summary, write_reports
     from gosok.launcher.results.store import load_results
 
     doc = load_results(path)
     written = write_reports(doc, run_dir())
+    collective = [n for n in ("intra_node", "inter_node") if n in doc["phases"]]
+    written += write_documents(
+        run_dir(), doc, [(n, doc["phases"][n]["records"], suite[n], 0) for n in collective]
+    )
     print_summary(doc, console)
     console.print(f"results: {path}", highlight=False)
     for item in written:

@@ -18,7 +18,9 @@ ranks. An attempt ends when
 - no rank's step moved for ``fault.hang_timeout_s`` (hang: the stuck rank, its node and
   its Python stack dump are recorded; retried).
 
-At most ``fault.max_failures`` restarts. The blocklist lasts for the whole run.
+At most ``fault.max_failures`` restarts. The blocklist lasts for the whole run. Whether to
+restart, and which nodes to leave out, is decided by ``policy.RestartPolicy`` (pure; the
+supervisor only reports how each attempt ended and which nodes could host ranks).
 """
 
 from __future__ import annotations
@@ -39,6 +41,7 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from gosok.launcher.errors import ENVIRONMENT_ERRORS, GosokError, RankStartError
 from gosok.launcher.launch.monitor import GroupWatch, Verdict, WatchPolicy
+from gosok.launcher.launch.policy import NOT_RETRIED, Ended, RestartPolicy
 from gosok.launcher.ranks.plan import backend_for
 from gosok.launcher.ranks.warm_pool import LaunchRanks, WarmNeeds
 from gosok.launcher.ranks.workers import alive_nodes, slots_of
@@ -47,7 +50,6 @@ from gosok.launcher.results.store import atomic_write_bytes
 DRAIN_POLLS = 20
 DRAIN_TIMEOUT_S = 10.0
 EXIT_GRACE_S = 4.0
-NOT_RETRIED = ("disk_full",)  # a restart cannot help: it needs the user
 RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s*")
 DISK_FULL = re.compile(r"No space left on device|ENOSPC|Errno 28|Disk quota exceeded")
 
@@ -135,9 +137,8 @@ class Supervisor:
     # ---- the loop ---------------------------------------------------------------------
 
     def run(self) -> SupervisorResult:
-        failures = 0
-        same = 0
-        last_signature = ""
+        policy = RestartPolicy(self.fault, nodes_needed=self.cluster.nodes)
+        self.blocklist = policy.blocklist
         columns = [
             TextColumn("[bold]{task.description}"),
             BarColumn(),
@@ -158,35 +159,41 @@ class Supervisor:
                 outcome = self._attempt(attempt)
                 self._notify("on_attempt_end", outcome)
                 self.attempts.append(outcome)
-                if outcome.ok:
+                if not outcome.ok:
+                    why = escape(outcome.message)
+                    self._say(f"[bold red]attempt {attempt} failed[/] ({outcome.kind}): {why}")
+                ended = Ended(
+                    outcome.kind, outcome.infra, outcome.signature,
+                    tuple(outcome.failed_node_ids),
+                )  # fmt: skip
+                usable = self._usable_nodes() if outcome.failed_node_ids else []
+                decision = policy.after(ended, usable)
+                if decision.ok:
                     return SupervisorResult(True, self.attempts, self.blocklist)
-                failures += 1
-                if outcome.infra:
-                    same, last_signature = 0, ""
-                else:
-                    same = same + 1 if outcome.signature == last_signature else 1
-                    last_signature = outcome.signature
-                why = escape(outcome.message)
-                self._say(f"[bold red]attempt {attempt} failed[/] ({outcome.kind}): {why}")
-                if outcome.kind in NOT_RETRIED:
-                    return SupervisorResult(False, self.attempts, self.blocklist, outcome.message)
-                if not outcome.infra and same >= self.fault.same_failure_limit:
-                    msg = (
-                        f"the same failure happened {same} time(s) in a row "
-                        f"({escape(outcome.signature)}); this looks like a config or code error, "
-                        "not an infrastructure fault: not retrying"
-                    )
-                    return SupervisorResult(False, self.attempts, self.blocklist, msg)
-                if failures > self.fault.max_failures:
-                    limit = self.fault.max_failures
-                    msg = f"gave up after {failures} failure(s) (fault.max_failures={limit})"
-                    return SupervisorResult(False, self.attempts, self.blocklist, msg)
-                self._update_blocklist(outcome)
+                if not decision.restart:
+                    retried = outcome.kind not in NOT_RETRIED
+                    message = escape(decision.message) if retried else outcome.message
+                    return SupervisorResult(False, self.attempts, self.blocklist, message)
+                if decision.excluded:
+                    excluded = [n[:8] for n in decision.excluded]
+                    self._say(f"excluding node(s) {excluded} (failover to spare nodes)")
+                if decision.kept:
+                    kept = [n[:8] for n in decision.kept]
+                    self._say(f"no spare node to replace {kept}: keeping them in the pool")
                 attempt += 1
                 self._say(
                     f"restarting (restart {attempt}/{self.fault.max_failures}) from the latest "
                     f"checkpoint; blocklist: {[n[:8] for n in self.blocklist] or 'empty'}"
                 )
+
+    def _usable_nodes(self) -> list[str]:
+        """Live nodes with room for one node's ranks (the policy's failover candidates)."""
+        backend_key = backend_for(self.cluster.gpu)
+        return [
+            n["NodeID"]
+            for n in alive_nodes()
+            if slots_of(n, backend_key) >= self.cluster.gpus_per_node
+        ]
 
     def _notify(self, event: str, *args: Any) -> None:
         """Call the observer; what it does never fails the job."""
@@ -197,25 +204,6 @@ class Supervisor:
     def _say(self, text: str) -> None:
         assert self.progress is not None
         self.progress.console.print(text, highlight=False)
-
-    def _update_blocklist(self, outcome: AttemptOutcome) -> None:
-        if not self.fault.exclude_failed_nodes:
-            return
-        new = [n for n in outcome.failed_node_ids if n not in self.blocklist]
-        if not new:
-            return
-        backend_key = backend_for(self.cluster.gpu)
-        usable = [
-            n["NodeID"]
-            for n in alive_nodes()
-            if slots_of(n, backend_key) >= self.cluster.gpus_per_node
-            and n["NodeID"] not in self.blocklist + new
-        ]
-        if len(usable) >= self.cluster.nodes:
-            self.blocklist += new
-            self._say(f"excluding node(s) {[n[:8] for n in new]} (failover to spare nodes)")
-        else:
-            self._say(f"no spare node to replace {[n[:8] for n in new]}: keeping them in the pool")
 
     # ---- one attempt ------------------------------------------------------------------
 

@@ -56,6 +56,10 @@ def test_busbw_rederives_from_raw_times(bench_run):
         factor = NCCL_TESTS_BUSBW_FACTORS[record["op"]](n)
         assert record["busbw_gbps"] == pytest.approx(algbw * factor, rel=1e-9)
         assert record["wrong"] == 0
+        assert len(record["per_rank_iter_us"]) == n and len(record["per_rank_iter_us"][0]) == 3
+        assert record["per_rank_time_us"][0] == pytest.approx(
+            sum(record["per_rank_iter_us"][0]) / 3, rel=1e-12
+        )
     env = doc["env"]
     assert len(env["nodes"]) == 2 and len({n["ray_node_id"] for n in env["nodes"]}) == 2
     assert env["nodes"][0]["torch"] and env["driver"]["ray"]
@@ -143,3 +147,24 @@ def test_ctrl_c_tears_everything_down(ray_cluster, tmp_path):
         time.sleep(0.5)
     assert not live_actors(), output[-2000:]
     assert not placement_groups_alive()
+
+
+def test_every_op_is_also_written_as_nccl_tests_json(bench_run):
+    """nccl-tests' -J form of each op and dtype, read back with the same busbw."""
+    from gosok.benchmarks.collectives.nccl_tests import records_from
+
+    run_dir, _ = bench_run
+    doc = json.loads((run_dir / "results.json").read_text())
+    files = sorted((run_dir / "nccl-tests").glob("*.json"))
+    assert len(files) == 14, files  # 7 ops x 2 dtypes
+    busbw = {
+        (r["op"], r["dtype"], r["size_bytes"], r["mode"]): r["busbw_gbps"] for r in doc["records"]
+    }
+    for path in files:
+        text = path.read_text()
+        assert "\n" not in text and '": ' not in text and ", " not in text  # as nccl-tests
+        records, problems = records_from(json.loads(text))
+        assert problems == [], (path, problems)
+        for record in records:
+            key = (record["op"], record["dtype"], record["size_bytes"], record["mode"])
+            assert record["busbw_gbps"] == pytest.approx(busbw[key], rel=1e-5, abs=1e-6)

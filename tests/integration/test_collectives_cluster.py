@@ -106,7 +106,7 @@ def test_a_corrupted_rank_is_counted_wrong():
             "group_rank": r,
             "count": 8,
             "size_bytes": 32,
-            "modes": {"in_place": {"time_us": 10.0, "wrong": 3 if r == 1 else 0}},
+            "modes": {"in_place": {"iter_us": [10.0, 10.0], "wrong": 3 if r == 1 else 0}},
         }
         for r in range(4)
     ]

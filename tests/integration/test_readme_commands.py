@@ -59,7 +59,7 @@ def test_the_readme_has_commands_for_every_role():
 @pytest.fixture(scope="module")
 def place(tmp_path_factory):
     """A home, a working directory and the files the README's placeholders stand for."""
-    from tests.unit.report.trust_docs import collectives_doc, save
+    from tests.unit.report.trust_docs import collectives_doc, save, suite_doc
 
     home = tmp_path_factory.mktemp("home")
     work = tmp_path_factory.mktemp("work")
@@ -69,7 +69,7 @@ def place(tmp_path_factory):
         "GOSOK_STATE_DIR": str(tmp_path_factory.mktemp("state")),
         "HYDRA_FULL_ERROR": "0",
     }
-    for prefix in ("provider", "grantee"):
+    for prefix in ("provider", "grantee", "auditor"):
         made = run_gosok("keys", "new", "--out", f"{home}/.gosok/{prefix}", env=env)
         assert made.returncode == 0, made.stderr
     for name in ("a", "b"):
@@ -98,7 +98,13 @@ def place(tmp_path_factory):
     (work / "q3").mkdir()
     for i in range(2):
         save(work / "q3" / f"{i}.json", collectives_doc(nonce="N", seed=i), key)
+    (work / "provider").mkdir()  # a provider's suite on <theirs> (4 nodes x 8 H200)
+    save(work / "provider" / "results.json", suite_doc(4, 8, "h200", nonce="N"), key)
+    (work / "provider-run").mkdir()  # a file nccl-tests wrote
+    example = REPO / "tests" / "data" / "nccl_tests" / "all_reduce_2hosts_I1.json"
+    (work / "provider-run" / "all_reduce.json").write_bytes(example.read_bytes())
     (work / "provider.pub").write_bytes((home / ".gosok" / "provider.pub").read_bytes())
+    (work / "auditor.pub").write_bytes((home / ".gosok" / "auditor.pub").read_bytes())
     (work / "provider.key").write_bytes(key.read_bytes())
     os.chmod(work / "provider.key", 0o600)
     (work / "train.py").write_text("import torch.distributed as dist\nprint('train')\n")

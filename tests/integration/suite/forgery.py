@@ -31,6 +31,9 @@ def scaled_claims(src: Path, dst: Path, factor: float, key: Path) -> Path:
     for name in ("intra_node", "inter_node"):
         for record in phases.get(name, {}).get("records", []):
             record["per_rank_time_us"] = [t * factor for t in record["per_rank_time_us"]]
+            if "per_rank_iter_us" in record:
+                rows = record["per_rank_iter_us"]
+                record["per_rank_iter_us"] = [[t * factor for t in row] for row in rows]
     result = rederive_suite.full(doc)
     assert result.doc is not None, result.malformed
     consistent = {k: v for k, v in result.doc.items() if k not in ("sha256", "signature")}

@@ -54,7 +54,22 @@ def _base(kind: str, cluster: dict[str, Any], extra_config: dict[str, Any], nonc
         "created_unix": STARTED + 100,
         "kind": kind,
         "config": {"cluster": cluster, **extra_config},
-        "env": {"driver": {"torch": "2.13.0", "cuda": None, "nccl": None, "ray": "2.60.0"}},
+        "env": {
+            "driver": {"torch": "2.13.0", "cuda": None, "nccl": None, "ray": "2.60.0"},
+            "placement": [
+                {
+                    "rank": r,
+                    "node_rank": r // cluster["gpus_per_node"],
+                    "local_rank": r % cluster["gpus_per_node"],
+                    "node_id": f"{r // cluster['gpus_per_node']:056x}",
+                    "ip": f"10.0.0.{r // cluster['gpus_per_node']}",
+                    "hostname": f"gpu-{r // cluster['gpus_per_node']:03d}",
+                    "pid": 1000 + r,
+                    "device_name": None,
+                }
+                for r in range(cluster["nodes"] * cluster["gpus_per_node"])
+            ],
+        },
         "started_unix": STARTED,
         "finished_unix": STARTED + 90,
         "audit": {"nonce": nonce, "nodes": []},
@@ -127,7 +142,10 @@ def _collective_answers(
                 "size_bytes": size,
                 "count": size // 4,
                 "modes": {
-                    mode: {"time_us": base * (1 + rng.uniform(-0.02, 0.02)), "wrong": 0}
+                    mode: {
+                        "iter_us": [base * (1 + rng.uniform(-0.02, 0.02)) for _ in range(4)],
+                        "wrong": 0,
+                    }
                     for mode in ("out_of_place", "in_place")
                 },
             }

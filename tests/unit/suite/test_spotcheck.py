@@ -15,7 +15,7 @@ from omegaconf import OmegaConf
 
 from gosok.benchmarks.report.rederive import rederive_spotcheck
 from gosok.benchmarks.report.reference import reference_suite
-from gosok.benchmarks.suite.spotcheck import claimed_figures, derive, draw
+from gosok.benchmarks.spotcheck.driver import claimed_figures, derive, draw
 from gosok.launcher.results.signing import new_keypair
 from gosok.launcher.results.store import write_results
 from tests.conftest import assert_refused_clearly, run_refused

@@ -1,0 +1,126 @@
+"""nccl-tests' JSON: gosok writes it token for token as nccl-tests v2.19 does, with the
+fields NVIDIA's reader (tools/analyze_perf_json.py) reads, and reads it back with busbw
+re-derived from the stored times."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+from trust_docs import collectives_doc, suite_doc
+
+from gosok.benchmarks.collectives.iterations import iteration_stats, slowest_per_iteration
+from gosok.benchmarks.collectives.nccl_tests import documents, dumps, records_from
+from gosok.benchmarks.report.command import run_report_command
+
+EXAMPLE = Path(__file__).parents[2] / "data" / "nccl_tests" / "all_reduce_2hosts_I1.json"
+
+
+def test_dumps_reproduces_nccl_tests_bytes() -> None:
+    text = EXAMPLE.read_text()
+    assert dumps(json.loads(text)) == text
+    assert (
+        dumps({"x": float("nan"), "ok": True, "p": "/a/b"})
+        == '{"x":"nan","ok":"true","p":"\\/a\\/b"}'
+    )
+
+
+def test_statistics_follow_nccl_tests_rules() -> None:
+    stats = iteration_stats([10.0, 1.0, 2.0, 3.0, 4.0], skip=1)
+    assert stats["skipped_iterations"] == 1 and stats["min_us"] == 1.0 and stats["max_us"] == 4.0
+    assert stats["p50_us"] == 3.0  # the upper middle of 1, 2, 3, 4
+    assert stats["p95_us"] == stats["p99_us"] == 4.0  # nearest rank
+    assert stats["stdev_us"] == pytest.approx(1.118033988)  # population, not sample
+    assert stats["cv_pct"] == pytest.approx(1.118033988 / 2.5 * 100)
+    example = json.loads(EXAMPLE.read_text())["results"][0]["out_of_place_per_iter"]
+    again = iteration_stats(slowest_per_iteration(example["per_process_max_times_us"]))
+    for key, value in again.items():
+        assert value == pytest.approx(example[key], abs=2e-6), key
+
+
+def _reader_view(doc: dict[str, Any]) -> None:
+    """What NVIDIA's analyze_perf_json.py reads, checked as it would use it."""
+    config = doc["config"]
+    assert isinstance(config["iterations"], int) and config["aggregated_iterations"] == 1
+    for entry in doc["results"]:
+        assert isinstance(entry["size"], int)
+        for placement in ("out_of_place", "in_place"):
+            block = entry.get(f"{placement}_per_iter")
+            if entry[placement] is None:
+                assert block is None
+                continue
+            for key in ("min_us", "max_us", "avg_us", "p99_us", "cv_pct"):
+                assert isinstance(block[key], float), key
+            rows = block["per_process_max_times_us"]
+            assert len(rows) == len(config["devices"]) and all(
+                d["hostname"] for d in config["devices"]
+            )
+            assert block["times_us"] == [max(c) for c in zip(*rows, strict=True)]
+            assert len(block["times_us"]) == len(rows[0])
+
+
+def test_a_collectives_run_becomes_one_nccl_tests_file_per_op() -> None:
+    doc = collectives_doc(nodes=2, per_node=2)
+    bench = doc["config"]["bench"]
+    files = documents(doc, [("collectives", doc["records"], bench, 0)])
+    assert sorted(files) == [
+        "collectives-all_gather-float32.json",
+        "collectives-all_reduce-float32.json",
+    ]
+    nccl = files["collectives-all_reduce-float32.json"]
+    assert list(nccl) == [
+        "version", "start_time", "args", "env", "nccl_version", "config", "results",
+        "out_of_bounds", "average_bus_bandwidth", "errors", "end_time",
+    ]  # fmt: skip
+    assert nccl["version"] == 3 and nccl["args"][0] == "all_reduce_perf"
+    assert [d["rank"] for d in nccl["config"]["devices"]] == [0, 1, 2, 3]
+    first = nccl["results"][0]
+    assert list(first)[:5] == ["size", "count", "type", "redop", "root"]
+    assert first["type"] == "float" and first["root"] == "    -1"
+    _reader_view(json.loads(dumps(nccl).replace('"true"', "true").replace('"false"', "false")))
+    # read back: the same busbw as gosok's own records
+    records, problems = records_from(json.loads(dumps(nccl)))
+    assert problems == []
+    mine = {
+        (r["size_bytes"], r["mode"]): r["busbw_gbps"]
+        for r in doc["records"]
+        if r["op"] == "all_reduce"
+    }
+    for record in records:
+        assert record["busbw_gbps"] == pytest.approx(
+            mine[(record["size_bytes"], record["mode"])], rel=1e-5
+        )
+
+
+def test_a_suite_writes_its_collective_phases_with_groups_as_split_would() -> None:
+    doc = suite_doc(nodes=3, per_node=2, gpu="h200")
+    phases = [
+        (n, doc["phases"][n]["records"], doc["config"]["suite"][n], 0)
+        for n in ("intra_node", "inter_node")
+    ]
+    files = documents(doc, phases)
+    intra = files["intra_node-all_reduce-float32.json"]
+    assert sorted({d["group"] for d in intra["config"]["devices"]}) == [0, 1, 2]
+    assert all(
+        len(r["in_place_per_iter"]["per_process_max_times_us"]) == 6 for r in intra["results"]
+    )
+    sizes = [r["size"] for r in intra["results"]]
+    assert len(sizes) == len(set(sizes)) * doc["config"]["suite"]["intra_node"]["repeats"]
+
+
+def test_report_reads_nccl_tests_and_flags_a_busbw_that_does_not_follow(tmp_path, capsys) -> None:
+    assert run_report_command([str(EXAMPLE)]) == 0
+    out = capsys.readouterr().out
+    assert "nccl-tests JSON" in out and "UNSIGNED" in out and "29.778" in out
+    forged = json.loads(EXAMPLE.read_text())
+    forged["results"][1]["in_place"]["bus_bw"] = 99.0
+    path = tmp_path / "forged.json"
+    path.write_text(dumps(forged))
+    assert run_report_command([str(path)]) == 1
+    assert "results[1].in_place.bus_bw: stored 99.000000" in capsys.readouterr().out
+    broken = dict(json.loads(EXAMPLE.read_text()), args=["./my_tool"])
+    path.write_text(dumps(broken))
+    assert run_report_command([str(path)]) == 2
+    assert "all_reduce_perf" in capsys.readouterr().err
