@@ -30,7 +30,13 @@ from gosok.benchmarks.collectives.schema import sweep_sizes, validate_collective
 from gosok.benchmarks.core.registry import Benchmark
 from gosok.benchmarks.core.timing import COLLECTIVE_METHOD
 from gosok.benchmarks.report.rederive import rederive_collectives
-from gosok.launcher.ranks.plan import backend_for, make_plan, rank_groups, synthetic_nodes
+from gosok.launcher.ranks.plan import (
+    backend_for,
+    make_plan,
+    rank_groups,
+    split_groups,
+    synthetic_nodes,
+)
 from gosok.launcher.results.journal import note
 
 
@@ -74,13 +80,20 @@ def step_records(
     return records
 
 
+def bench_groups(plan: Any, bench: Any) -> list[list[int]]:
+    """The rank groups a sweep measures side by side: ``bench.split``'s, else the scope's."""
+    if getattr(bench, "split", ""):
+        return split_groups(plan.world_size, bench.split)
+    return rank_groups(plan, bench.scope)
+
+
 def measure_collectives(
     group: Any, bench: Any, console: Console, groups: list[list[int]] | None = None
 ) -> list[dict[str, Any]]:
     """Run the whole sweep on a live WorkerGroup; print rows as they complete."""
     from gosok.benchmarks.collectives.ops import collective_step
 
-    groups = groups or rank_groups(group.plan, bench.scope)
+    groups = groups or bench_groups(group.plan, bench)
     sizes = sweep_sizes(bench.min_bytes, bench.max_bytes, bench.step_factor)
     records: list[dict[str, Any]] = []
     multi = len(groups) > 1
@@ -150,11 +163,12 @@ def plan_lines(cfg: Any) -> list[str]:
     plan = make_plan(
         synthetic_nodes(cluster.nodes), cluster.gpus_per_node, 29500, backend_for(cluster.gpu)
     )
-    groups = rank_groups(plan, bench.scope)
+    groups = bench_groups(plan, bench)
     sizes = sweep_sizes(bench.min_bytes, bench.max_bytes, bench.step_factor)
+    how = f"split {bench.split}" if bench.split else f"scope {bench.scope}"
     lines = [
         f"plan: {plan.summary()}",
-        f"scope {bench.scope}: {len(groups)} group(s) of {len(groups[0])} rank(s)",
+        f"{how}: {len(groups)} group(s) of {len(groups[0])} rank(s), measured side by side",
         f"sweep: ops={list(bench.ops)} dtypes={list(bench.dtypes)} "
         f"sizes={len(sizes)} ({sizes[0]}..{sizes[-1]} B) "
         f"warmup={bench.warmup_iters} iters={bench.iters}",

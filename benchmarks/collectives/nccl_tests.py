@@ -363,6 +363,7 @@ def records_from(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     """gosok collective records of an nccl-tests document, algbw and busbw re-derived from
     each stored time; and the stored figures that disagree with the re-derived ones."""
     op, n = op_of(doc), group_size(doc)
+    ranks = sorted(hosts(doc))
     dtypes = {v: k for k, v in TYPES.items()}
     records, problems = [], []
     for index, entry in enumerate(doc["results"]):
@@ -394,15 +395,27 @@ def records_from(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
                     "algbw_gbps": algbw,
                     "busbw_gbps": busbw,
                     "wrong": -1 if wrong is None else int(_number(wrong, f"{where}.nwrong")),
-                    **_iterations(entry.get(f"{placement}_per_iter")),
+                    **_iterations(entry.get(f"{placement}_per_iter"), ranks),
                 }
             )
     return records, problems
 
 
-def _iterations(block: Any) -> dict[str, Any]:
+def hosts(doc: dict[str, Any]) -> dict[int, str]:
+    """Rank -> hostname of an nccl-tests document (``config.devices``)."""
+    devices = doc["config"].get("devices") or []
+    return {int(d["rank"]): str(d.get("hostname", "")) for d in devices}
+
+
+def _iterations(block: Any, ranks: list[int]) -> dict[str, Any]:
+    """A placement's per-iteration block as gosok keeps it: the file's summary, and each
+    process's row of iterations (``-I 1`` in a multi-process run)."""
     if not isinstance(block, dict):
         return {}
-    return {
-        "iteration_stats": {k: block[k] for k in ("skipped_iterations", *STAT_KEYS) if k in block}
-    }
+    keys = ("skipped_iterations", *STAT_KEYS)
+    out: dict[str, Any] = {"iteration_stats": {k: block[k] for k in keys if k in block}}
+    rows = block.get("per_process_max_times_us")
+    if isinstance(rows, list) and rows:
+        out["per_rank_iter_us"] = rows
+        out["ranks"] = ranks if len(ranks) == len(rows) else list(range(len(rows)))
+    return out

@@ -47,6 +47,10 @@ class CollectivesBenchConfig:
     root: int = 0
     #: How per-rank times combine (nccl-tests -a): avg, min, max, rank0.
     time_reduce: str = "avg"
+    #: Split the ranks into groups measured side by side, as nccl-tests' NCCL_TESTS_SPLIT:
+    #: "mod:<k>" (group = rank % k; k = GPUs per node: one group per rail) or "div:<k>"
+    #: (group = rank // k; k = GPUs per node: each node alone). busbw is per group.
+    split: str = ""
     #: Show per-iteration statistics in the table (nccl-tests -I 1): the slowest rank's
     #: time per iteration, min / max / p99 / cv. Every iteration is kept either way.
     per_iteration: bool = False
@@ -95,6 +99,26 @@ def group_size(cluster: Any, scope: str) -> int:
     }.get(scope, cluster.nodes * cluster.gpus_per_node)
 
 
+def _split_problems(bench: Any, cluster: Any, prefix: str) -> list[str]:
+    from gosok.launcher.ranks.plan import SPLIT
+
+    if not bench.split:
+        return []
+    found = SPLIT.match(str(bench.split))
+    if not found:
+        return [f"{prefix}.split={bench.split!r} is not allowed; allowed: mod:<k> or div:<k>"]
+    if bench.scope != "all":
+        return [f"{prefix}.split={bench.split!r} needs {prefix}.scope=all (it splits every rank)"]
+    world = cluster.nodes * cluster.gpus_per_node if cluster is not None else None
+    k = int(found.group(2))
+    if world is not None and (world % k or not 1 < k < world):
+        return [
+            f"{prefix}.split={bench.split!r} is not allowed for {world} ranks; allowed: k > 1 "
+            f"dividing {world} and smaller than it"
+        ]
+    return []
+
+
 def validate_collectives(bench: Any, cluster: Any = None, prefix: str = "bench") -> list[str]:
     """Every setting, each problem naming its key, the value and what is allowed."""
     problems: list[str] = []
@@ -123,6 +147,7 @@ def validate_collectives(bench: Any, cluster: Any = None, prefix: str = "bench")
             f"{prefix}.min_bytes={bench.min_bytes} is larger than "
             f"{prefix}.max_bytes={bench.max_bytes}"
         )
+    problems += _split_problems(bench, cluster, prefix)
     if cluster is not None:
         world = cluster.nodes * cluster.gpus_per_node
         if not 0 <= bench.root < world:

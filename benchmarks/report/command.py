@@ -39,7 +39,7 @@ from gosok.benchmarks.report.trust import (
 )
 
 SUBCOMMANDS = ("verify", "sign", "compare", "audit")
-USAGE = """usage: gosok report RESULTS [--plot PNG] [--out-dir DIR]   (gosok's or nccl-tests' JSON)
+USAGE = """usage: gosok report RESULTS [--plot PNG] [--out-dir DIR] [--stragglers]
        gosok report verify RESULTS... [--public-key PUB ...] [--nonce N ...] [--allow-unsigned]
        gosok report verify RESULTS... --registry REGISTRY.yaml
        gosok report sign RESULTS --key KEY
@@ -101,6 +101,11 @@ def _render(argv: list[str]) -> int:
     parser.add_argument("results")
     parser.add_argument("--plot", help="also write a PNG plot here")
     parser.add_argument("--out-dir", help="write Markdown/HTML reports here (suite results)")
+    parser.add_argument(
+        "--stragglers",
+        action="store_true",
+        help="per size: fastest and slowest rank, spikes, per-node spread (collective results)",
+    )
     args = parser.parse_args(argv)
     if Path(args.results).is_dir():
         run_dir = Path(args.results)
@@ -134,7 +139,30 @@ def _render(argv: list[str]) -> int:
         return _fail("", f"{args.results}: cannot render these {doc['kind']} results: {err!r}")
     except OSError as err:
         return _fail("", f"cannot write the report: {err.strerror or err}: {err.filename or ''}")
+    if args.stragglers:
+        _print_stragglers(_collective_records(result.doc), _placement_hosts(result.doc))
     return max(code, 1 if result.problems else 0)
+
+
+def _collective_records(doc: dict[str, Any]) -> list[dict[str, Any]]:
+    if doc.get("kind") == "suite":
+        phases = doc.get("phases") or {}
+        names = ("intra_node", "inter_node")
+        return [r for n in names for r in (phases.get(n) or {}).get("records", [])]
+    return list(doc.get("records") or []) if doc.get("kind") == "collectives" else []
+
+
+def _placement_hosts(doc: dict[str, Any]) -> dict[int, str]:
+    placement = (doc.get("env") or {}).get("placement") or []
+    return {int(p["rank"]): str(p.get("hostname")) for p in placement if "rank" in p}
+
+
+def _print_stragglers(records: list[dict[str, Any]], hosts: dict[int, str]) -> None:
+    from gosok.benchmarks.collectives.stragglers import straggler_lines
+
+    print("# stragglers and spikes (every timed iteration of every rank)")
+    for line in straggler_lines(records, hosts):
+        print(printable(line))
 
 
 def _nccl_tests_input(path: str) -> dict[str, Any] | None:
@@ -182,6 +210,10 @@ def _render_nccl_tests(path: str, doc: dict[str, Any], args: argparse.Namespace)
         print(printable(line))
     if getattr(args, "plot", None) and results["records"]:
         print(f"plot: {plot_busbw(results['records'], args.plot)}")
+    if getattr(args, "stragglers", False):
+        from gosok.benchmarks.collectives.nccl_tests import hosts
+
+        _print_stragglers(results["records"], hosts(doc))
     return 1 if problems else 0
 
 

@@ -8,6 +8,7 @@ node names.
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 
 
@@ -142,6 +143,24 @@ def rank_groups(plan: Plan, scope: str) -> list[list[int]]:
     if scope == "inter_node":
         return [[r.rank for r in plan.ranks if r.local_rank == 0]]
     raise ValueError(f"unknown scope {scope!r}; allowed: all, intra_node, inter_node")
+
+
+SPLIT = re.compile(r"^(mod|div):([1-9][0-9]*)$")
+
+
+def split_groups(world_size: int, split: str) -> list[list[int]]:
+    """The rank groups ``NCCL_TESTS_SPLIT`` makes, all measured at once: ``mod:k`` puts
+    rank r in group r % k (with k GPUs per node: one group per rail, one GPU of every node
+    in each), ``div:k`` in group r // k (with k GPUs per node: each node alone)."""
+    found = SPLIT.match(split)
+    if not found:
+        raise ValueError(f"split {split!r} is not mod:<k> or div:<k>")
+    how, k = found.group(1), int(found.group(2))
+    colour = (lambda r: r % k) if how == "mod" else (lambda r: r // k)
+    groups: dict[int, list[int]] = {}
+    for rank in range(world_size):
+        groups.setdefault(colour(rank), []).append(rank)
+    return [groups[c] for c in sorted(groups)]
 
 
 def node_subset_groups(plan: Plan, node_groups: list[list[int]]) -> list[list[int]]:

@@ -37,6 +37,9 @@ BAD_CONFIGS = [
     (["suite=quick", "suite.phases=[]"], ["suite.phases", "empty"]),
     (["suite=quick", "suite.intra_node.step_factor=1"], ["suite.intra_node.step_factor=1"]),
     (["bench.timeout_s=nan"], ["bench.timeout_s=nan", "finite"]),
+    (["bench.split=rail"], ["bench.split='rail'", "mod:<k> or div:<k>"]),
+    (["cluster.nodes=2", "bench.split=mod:3"], ["bench.split='mod:3'", "dividing 4"]),
+    (["bench.per_iteration_skip=10"], ["bench.per_iteration_skip=10", "bench.iters - 1"]),
 ]
 
 

@@ -124,3 +124,35 @@ def test_report_reads_nccl_tests_and_flags_a_busbw_that_does_not_follow(tmp_path
     path.write_text(dumps(broken))
     assert run_report_command([str(path)]) == 2
     assert "all_reduce_perf" in capsys.readouterr().err
+
+
+def test_stragglers_name_the_slow_rank_its_spikes_and_its_node() -> None:
+    from gosok.benchmarks.collectives.stragglers import straggler_lines
+
+    rows = [[10.0, 10.0, 10.0, 10.0] for _ in range(4)]
+    rows[3] = [12.0, 12.0, 40.0, 12.0]  # rank 3: slower, and one spike of its own
+    record = {"op": "all_reduce", "dtype": "float32", "mode": "in_place", "size_bytes": 1024,
+              "group": 0, "ranks": [0, 1, 2, 3], "per_rank_iter_us": rows}  # fmt: skip
+    hosts = {0: "a", 1: "a", 2: "b", 3: "b"}
+    lines = straggler_lines([record], hosts)
+    assert "slowest rank 3 (b) 19.0 us" in lines[0] and "fastest rank 0 (a)" in lines[0]
+    assert "spike at iteration 2: 40.0 us" in lines[1] and "straggler rank 3 (b)" in lines[1]
+    assert "per node (rank means): a 10.0-10.0 us, b 10.0-19.0 us" in lines[2]
+    assert "nothing to rank" in straggler_lines([{**record, "per_rank_iter_us": None}], hosts)[0]
+
+
+def test_report_stragglers_on_an_nccl_tests_file(capsys) -> None:
+    assert run_report_command([str(EXAMPLE), "--stragglers"]) == 0
+    out = capsys.readouterr().out
+    assert "out_of_place 2097152 B: fastest rank 0 (nodeA)" in out
+    assert "slowest rank 1 (nodeB) 68.9 us" in out
+
+
+@pytest.mark.parametrize(
+    "split, groups",
+    [("mod:2", [[0, 2, 4, 6], [1, 3, 5, 7]]), ("div:4", [[0, 1, 2, 3], [4, 5, 6, 7]])],
+)
+def test_split_groups_are_nccl_tests_split_groups(split: str, groups: list[list[int]]) -> None:
+    from gosok.launcher.ranks.plan import split_groups
+
+    assert split_groups(8, split) == groups
