@@ -634,6 +634,21 @@ def _suite_collectives(r: Rederivation, name: str, phase: dict[str, Any], settin
     if groups is not None:
         r.same(f"phases.{name}.ranks", phase["ranks"], len(groups[0]))
     phase.update(derived_key)
+    if phase.get("rails"):
+        _suite_rails(r, _as_dict(phase["rails"], f"phases.{name}.rails"), op)
+
+
+def _suite_rails(r: Rederivation, rails: dict[str, Any], op: str) -> None:
+    from gosok.benchmarks.suite.phases import rail_figures
+
+    records = _as_list(rails["records"], "phases.inter_node.rails.records")
+    for index, record in enumerate(records):
+        record = _as_dict(record, f"rails record {index}")
+        _collective_record(r, record, _record_label(index, record, "rails record"))
+    count = len(_as_list(rails["groups"], "phases.inter_node.rails.groups"))
+    derived = _json_copy(rail_figures(records, op, count))
+    r.same("phases.inter_node.rails.per_rail", rails.get("per_rail"), derived["per_rail"])
+    rails.update(derived)
 
 
 def _replay_isolation(

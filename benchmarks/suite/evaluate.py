@@ -242,6 +242,19 @@ def inter_node_checks(summary: dict[str, Any], gpu: Any, contract: Any) -> list[
     ]
 
 
+def rail_checks(summary: dict[str, Any], contract: Any) -> list[Check]:
+    """Every rail's busbw against the median rail (the outlier rule of inter-node busbw):
+    a NIC or switch port that is slow shows as its rail (three rails or more)."""
+    rails = summary.get("rails")
+    if not rails:
+        return []
+    metric = "inter_node_busbw_gbps"
+    values = [(f"rail {r['rail']}", None, None, r["busbw_gbps"]) for r in rails["per_rail"]]
+    return outlier_checks(
+        "inter_node.rails", metric, values, outlier_rule(contract, metric), "cluster"
+    )
+
+
 def isolation_reasons(checks: list[Check]) -> list[str]:
     """Why isolation should run: a failed check, or a node/GPU flagged as an outlier."""
     reasons = []

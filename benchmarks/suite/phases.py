@@ -266,17 +266,33 @@ def _run_intra_node(ctx: PhaseContext, cfg: Any) -> dict[str, Any]:
 
 
 def _run_inter_node(ctx: PhaseContext, cfg: Any) -> dict[str, Any]:
-    from gosok.launcher.ranks.plan import rank_groups
+    from gosok.launcher.ranks.plan import rank_groups, split_groups
 
-    groups = rank_groups(ctx.group.plan, cfg.scope)
+    plan = ctx.group.plan
+    groups = rank_groups(plan, cfg.scope)
     records = _repeated_sweep(ctx, cfg, groups, cfg.scope)
-    return {
+    out = {
         "records": records,
         "groups": groups,
-        "nodes": len(ctx.group.plan.nodes),
+        "nodes": len(plan.nodes),
         "ranks": len(groups[0]),
         **evaluate.key_figure(records, 0, cfg.ops[0]),
     }
+    per_node = plan.world_size // len(plan.nodes)
+    if cfg.rails and per_node > 1 and len(plan.nodes) > 1:
+        rails = split_groups(plan.world_size, f"mod:{per_node}")  # local GPU i of every node
+        rail_records = _repeated_sweep(ctx, cfg, rails, "rails")
+        out["rails"] = {
+            "records": rail_records,
+            "groups": rails,
+            **rail_figures(rail_records, cfg.ops[0], len(rails)),
+        }
+    return out
+
+
+def rail_figures(records: list[dict[str, Any]], op: str, count: int) -> dict[str, Any]:
+    """Each rail's key figure (median busbw over repeats at the largest size)."""
+    return {"per_rail": [{"rail": i, **evaluate.key_figure(records, i, op)} for i in range(count)]}
 
 
 def isolation_measure(group: Any, cfg: Any, quiet: Any) -> Callable[[list[list[int]]], list[float]]:
@@ -368,7 +384,8 @@ for _phase in (
     SuitePhase(
         "inter_node", "collectives across the whole allocation",
         _validate_collective, plan.estimate_inter_node, _run_inter_node,
-        lambda out, gpu, contract, suite: evaluate.inter_node_checks(out, gpu, contract),
+        lambda out, gpu, contract, suite: evaluate.inter_node_checks(out, gpu, contract)
+        + evaluate.rail_checks(out, contract),
     ),
     SuitePhase(
         "isolation", "bisect slow node groups to name bad nodes and links",

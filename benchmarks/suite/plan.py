@@ -117,7 +117,12 @@ def estimate_inter_node(suite: Any, cluster: Any, rates: dict[str, float]) -> Ph
     latency = rates["latency_s"] + rates["hop_s"] * 2 * math.ceil(math.log2(max(ranks, 2)))
     seconds = _collective_seconds(cfg, rates["inter_gbps"], latency)
     note = "two nodes: NCCL picks Tree; busbw can read above the NIC rate" if nodes == 2 else ""
-    return PhaseEstimate("inter_node", f"1 group of {ranks} ranks", seconds, "log (latency)", note)
+    shape = f"1 group of {ranks} ranks"
+    if cfg.rails and cluster.gpus_per_node > 1 and nodes > 1:
+        # every rail at once, each one NIC per node: about the same time again
+        seconds += _collective_seconds(cfg, rates["inter_gbps"], latency)
+        shape += f", then {cluster.gpus_per_node} rails of {nodes} ranks at once"
+    return PhaseEstimate("inter_node", shape, seconds, "log (latency)", note)
 
 
 def estimate_isolation(suite: Any, cluster: Any, rates: dict[str, float]) -> PhaseEstimate | None:

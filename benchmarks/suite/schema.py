@@ -83,6 +83,9 @@ class CollectivePhaseConfig:
     repeats: int = 3
     # inter_node only: "all" (every rank of every node) or "inter_node" (local rank 0).
     scope: str = "all"
+    # inter_node only: also measure every rail at once (one group per local GPU index, one
+    # GPU of every node in each), so a bad NIC shows as one slow rail, not a slow cluster.
+    rails: bool = True
     timeout_s: float = 600.0
 
 

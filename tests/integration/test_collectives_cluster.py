@@ -98,6 +98,17 @@ def test_intra_node_scope_measures_each_node(group):
     assert all(r["world_size"] == 2 and r["wrong"] == 0 for r in records)
 
 
+@pytest.mark.parametrize(
+    "split, groups", [("mod:2", [[0, 2], [1, 3]]), ("div:2", [[0, 1], [2, 3]])]
+)
+def test_split_groups_run_side_by_side_like_nccl_tests_split(group, split, groups):
+    """mod:2 on 2 nodes x 2: one rank of each node per group (the rails); div:2: each node."""
+    records = sweep(group, ops=["all_reduce"], split=split, max_bytes=4096)
+    assert sorted({tuple(r["ranks"]) for r in records}) == sorted(tuple(g) for g in groups)
+    assert all(r["world_size"] == 2 and r["wrong"] == 0 for r in records)
+    assert all(len(r["per_rank_iter_us"]) == 2 for r in records)
+
+
 def test_a_corrupted_rank_is_counted_wrong():
     """The check can fail: a rank whose all_reduce result is off is counted per element."""
     answers = [

@@ -39,9 +39,10 @@ from gosok.benchmarks.report.reference import reference_suite
 from gosok.benchmarks.suite.derive import isolation_due, judge
 from gosok.benchmarks.suite.evaluate import key_figure
 from gosok.benchmarks.suite.isolation import isolate
-from gosok.benchmarks.suite.phases import compute_kernels, evaluate_phases
+from gosok.benchmarks.suite.phases import compute_kernels, evaluate_phases, rail_figures
 from gosok.benchmarks.suite.schema import load_contract
 from gosok.launcher.config.catalogue import gpu_spec
+from gosok.launcher.ranks.plan import split_groups
 from gosok.launcher.results.signing import sign_doc
 from gosok.launcher.results.store import SCHEMA, write_results
 
@@ -164,8 +165,10 @@ def suite_doc(
     provider: str = "prov-a",
     nonce: str | None = None,
     started: float = STARTED,
+    slow_rail: int | None = None,
 ) -> dict[str, Any]:
-    """A suite results document as ``gosok bench suite=...`` writes it (unsealed)."""
+    """A suite results document as ``gosok bench suite=...`` writes it (unsealed); on a GPU
+    type with more than one GPU per node, with the rails measured (``slow_rail`` at half)."""
     rng = random.Random(seed)
     spec, contract = gpu_spec(gpu), load_contract("auto", gpu)
     # gosok's own quick suite, as it runs on this GPU type: what an auditor's reference is.
@@ -277,6 +280,14 @@ def suite_doc(
             **key_figure(inter_records, 0, op),
         },
     }
+    if suite.inter_node.rails and per_node > 1 and nodes > 1:
+        rails = split_groups(world, f"mod:{per_node}")
+        speeds = {i: 50.0 * scale * (0.5 if i == slow_rail else 1.0) for i in range(per_node)}
+        rail_records = sweep(suite.inter_node, rails, speeds)
+        phases["inter_node"]["rails"] = {
+            "records": rail_records, "groups": rails,
+            **rail_figures(rail_records, op, len(rails)),
+        }  # fmt: skip
     drift_keys = list(suite.inventory.drift_keys)
     due, reasons = isolation_due(
         evaluate_phases(phases, spec, contract, per_node, drift_keys), "on_failure"

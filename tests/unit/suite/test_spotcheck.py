@@ -132,3 +132,19 @@ def refused(tmp_path_factory):
 def test_bad_spotcheck_settings_are_refused_before_anything_starts(refused, index) -> None:
     state, results, cases = refused
     assert_refused_clearly(results[index], cases[index][1], state)
+
+
+def test_a_slow_rail_is_named_as_a_rail_and_rails_rederive() -> None:
+    from gosok.benchmarks.report.rederive import rederive_suite
+
+    doc = suite_doc(nodes=4, per_node=8, gpu="h200", slow_rail=5)
+    failed = [c for c in doc["checks"] if c["status"] == "FAIL"]
+    assert [(c["phase"], c["subject"]) for c in failed] == [("inter_node.rails", "rail 5")]
+    assert doc["verdict"]["cluster"] == "FAIL" and doc["verdict"]["failing_nodes"] == []
+    assert rederive_suite(doc) == []
+    doc["phases"]["inter_node"]["rails"]["per_rail"][5]["busbw_gbps"] *= 2
+    assert any("rails.per_rail" in r for r in rederive_suite(doc))
+    healthy = suite_doc(nodes=4, per_node=8, gpu="h200")
+    assert not [
+        c for c in healthy["checks"] if c["phase"] == "inter_node.rails" and c["status"] != "PASS"
+    ]
