@@ -7,9 +7,17 @@ commits it: hashes the files, renames the directory into place, rewrites
 write killed half-way leaves only a temporary directory, which the manifest never names,
 so the previous checkpoint stays the latest loadable one.
 
+The manifest is authenticated: with the job's checkpoint key (``checkpoint_key``: 32
+random bytes in the launching user's private state directory, never in the checkpoint
+storage; ranks get it in memory as ``GOSOK_CHECKPOINT_KEY``), ``commit`` adds an HMAC-SHA256
+of the manifest and ``read_manifest`` refuses one whose HMAC does not match, before any file
+is hashed or opened. Whoever can write the checkpoint storage but not read the key cannot
+make a resume load their files (their hashes would have to be in an authenticated
+manifest). Without a key (the recipe under plain torchrun) nothing is authenticated.
+
 Use::
 
-    store = CheckpointStore(path, keep_last=2)
+    store = CheckpointStore(path, keep_last=2, key=checkpoint_key(path))
     tmp = store.begin(step)            # every writer writes under tmp
     store.commit(step, meta={...})     # one process, after the writers are done
     entry = store.latest()             # None, or the newest checkpoint that verifies
@@ -19,6 +27,7 @@ from __future__ import annotations
 
 import errno
 import hashlib
+import hmac
 import json
 import os
 import re
@@ -32,6 +41,46 @@ from gosok.launcher.results.store import atomic_write_bytes
 
 MANIFEST = "manifest.json"
 FORMAT = "gosok.checkpoints/1"
+KEY_ENV = "GOSOK_CHECKPOINT_KEY"
+
+
+class UnauthenticatedCheckpointError(ValueError):
+    """A manifest this job's key did not write: nothing of it is loaded."""
+
+
+def checkpoint_key(checkpoint_dir: str | os.PathLike[str], state: Path) -> bytes:
+    """The key of the checkpoints in ``checkpoint_dir``: made once (32 random bytes, 0600)
+    in ``state/checkpoint-keys/`` (0700, checked on every use), found again on a resume."""
+    import secrets
+
+    from gosok.launcher.ranks.private import private_dir
+
+    folder = private_dir(state / "checkpoint-keys")
+    name = hashlib.sha256(str(Path(checkpoint_dir).resolve()).encode()).hexdigest()[:32]
+    path = folder / f"{name}.key"
+    try:
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_NOFOLLOW, 0o600)
+    except FileExistsError:
+        fd = -1
+    if fd >= 0:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(secrets.token_bytes(32))
+    st = os.lstat(path)
+    if st.st_uid != os.getuid() or st.st_mode & 0o077 or not os.path.isfile(path):
+        raise UnauthenticatedCheckpointError(f"{path}: not a private key file of this user")
+    return path.read_bytes()
+
+
+def key_from_env(environ: dict[str, str] | None = None) -> bytes | None:
+    """The checkpoint key gosok's driver gave this rank (taken out of the environment)."""
+    value = (os.environ if environ is None else environ).pop(KEY_ENV, None)
+    return bytes.fromhex(value) if value else None
+
+
+def _mac(key: bytes, manifest: dict[str, Any]) -> str:
+    body = {k: v for k, v in manifest.items() if k != "hmac"}
+    canonical = json.dumps(body, sort_keys=True, separators=(",", ":")).encode()
+    return hmac.new(key, canonical, hashlib.sha256).hexdigest()
 
 
 @dataclass
@@ -55,11 +104,14 @@ def file_sha256(path: Path) -> str:
 
 
 class CheckpointStore:
-    def __init__(self, root: str | os.PathLike[str], keep_last: int = 2) -> None:
+    def __init__(
+        self, root: str | os.PathLike[str], keep_last: int = 2, key: bytes | None = None
+    ) -> None:
         if keep_last < 1:
             raise ValueError(f"keep_last={keep_last} must be >= 1")
         self.root = Path(root)
         self.keep_last = keep_last
+        self.key = key
 
     @staticmethod
     def name(step: int) -> str:
@@ -86,6 +138,14 @@ class CheckpointStore:
         manifest = json.loads(path.read_text())
         if not isinstance(manifest, dict) or not isinstance(manifest.get("checkpoints"), list):
             raise ValueError(f"{path}: not a gosok checkpoint manifest")
+        if self.key is not None and not (
+            isinstance(manifest.get("hmac"), str)
+            and hmac.compare_digest(manifest["hmac"], _mac(self.key, manifest))
+        ):
+            raise UnauthenticatedCheckpointError(
+                f"{path}: not written with this job's checkpoint key (edited, or written by "
+                "someone else); refusing to load any checkpoint it lists"
+            )
         for entry in manifest["checkpoints"]:
             problem = _entry_problem(entry)
             if problem:
@@ -115,6 +175,9 @@ class CheckpointStore:
         entries = sorted([*entries, entry], key=lambda e: e["step"])
         kept, dropped = entries[-self.keep_last :], entries[: -self.keep_last]
         manifest.update(format=FORMAT, checkpoints=kept, latest_step=kept[-1]["step"])
+        manifest.pop("hmac", None)
+        if self.key is not None:
+            manifest["hmac"] = _mac(self.key, manifest)
         atomic_write_bytes(self.root / MANIFEST, (json.dumps(manifest, indent=1) + "\n").encode())
         for old in dropped:
             shutil.rmtree(self.root / old["dir"], ignore_errors=True)

@@ -354,6 +354,37 @@ def summarize(console: Console, plan: LaunchPlan, result: Any, metrics: dict | N
         console.print(f"blocklisted node(s): {[n[:12] for n in result.blocklist]}")
 
 
+def recipe_checkpoint_key(plan: LaunchPlan) -> bytes | None:
+    """The key that authenticates the recipe's checkpoint manifest (made on the first
+    launch into this checkpoint directory, kept in the user's state directory); refuses,
+    naming the manifest, checkpoints it did not write."""
+    if plan.recipe is None:
+        return None
+    from gosok.launcher.cluster.local import state_dir
+    from gosok.launcher.errors import ConfigError
+    from gosok.launcher.launch.checkpoint import UnauthenticatedCheckpointError, checkpoint_key
+
+    key = checkpoint_key(plan.checkpoint_dir, state_dir())
+    try:
+        CheckpointStore(plan.checkpoint_dir, key=key).read_manifest()
+    except UnauthenticatedCheckpointError as err:
+        raise ConfigError([f"checkpoint.dir: {err}"]) from None
+    except (OSError, ValueError):
+        pass  # unreadable: the supervisor says so and starts from scratch
+    return key
+
+
+def with_checkpoint_key(
+    rank_env: dict[str, dict[str, str]], key: bytes | None, world: int
+) -> dict[str, dict[str, str]]:
+    """Every rank's private environment, with the checkpoint key (never printed)."""
+    if key is None:
+        return rank_env
+    from gosok.launcher.launch.checkpoint import KEY_ENV
+
+    return {str(r): {**rank_env.get(str(r), {}), KEY_ENV: key.hex()} for r in range(world)}
+
+
 def launch_task(cfg: Any, console: Console) -> int:
     from gosok.launcher.cli import process_start_unix
 
@@ -372,11 +403,15 @@ def launch_task(cfg: Any, console: Console) -> int:
     from gosok.launcher.ledger.recorder import LaunchRecorder
 
     write_recipe_config(plan)
+    key = recipe_checkpoint_key(plan)
     spec = RunSpec(
         argv=plan.argv,
         cwd=plan.cwd,
         env=plan.env,
-        rank_env=plan.rank_env,
+        rank_env=with_checkpoint_key(
+            plan.rank_env, key, cfg.cluster.nodes * cfg.cluster.gpus_per_node
+        ),
+        checkpoint_key=key,
         log_root=run_dir / "logs",
         tee_ranks=list(cfg.tee_ranks),
         expect_heartbeat=plan.recipe is not None,

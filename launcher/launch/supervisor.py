@@ -69,6 +69,7 @@ class RunSpec:
     preload: tuple[str, ...] = ("torch",)  # what the warm servers import for this job
     fresh_process: bool = False  # launch.fresh_process
     profile: bool = False  # launch.profile: ranks write start-up marks
+    checkpoint_key: bytes | None = None  # authenticates the recipe's checkpoint manifest
     # The script's directory, shipped to every node: {sha256, data, files}, the script's
     # path inside it, and which argv item is the script.
     code: dict[str, Any] = field(default_factory=dict)
@@ -281,7 +282,7 @@ class Supervisor:
         from gosok.launcher.launch.checkpoint import CheckpointStore
 
         try:
-            entry = CheckpointStore(directory).resume_point()
+            entry = CheckpointStore(directory, key=self.spec.checkpoint_key).resume_point()
         except (OSError, ValueError) as err:
             self._say(f"checkpoints unreadable ({escape(str(err))}); starting from scratch")
             return 0

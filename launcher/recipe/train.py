@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.distributed as dist
 
-from gosok.launcher.launch.checkpoint import CheckpointStore, disk_full, load_state
+from gosok.launcher.launch.checkpoint import CheckpointStore, disk_full, key_from_env, load_state
 from gosok.launcher.launch.wandb_logger import RankZeroLogger
 from gosok.launcher.ranks.heartbeat import beat
 from gosok.launcher.recipe.data import MarkovData
@@ -248,7 +248,7 @@ def main(argv: list[str] | None = None) -> None:
     )
     ckpt = cfg["checkpoint"]
     store = CheckpointStore(
-        os.environ.get("GOSOK_CHECKPOINT_DIR") or ckpt["dir"], ckpt["keep_last"]
+        os.environ.get("GOSOK_CHECKPOINT_DIR") or ckpt["dir"], ckpt["keep_last"], key_from_env()
     )
     trainer = Trainer(cfg, device)
     start_step = 0

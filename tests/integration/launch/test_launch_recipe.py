@@ -61,3 +61,14 @@ def test_fsdp_recipe_trains_and_resumes_from_its_checkpoint(ray_cluster, tmp_pat
     assert second.returncode == 0, second.stdout[-3000:] + second.stderr[-3000:]
     assert "from step 20" in second.stdout or "resum" in second.stdout.lower(), second.stdout
     assert json.loads((run_dir / "result.json").read_text())["final_loss"] < loss_at_20
+    # The manifest is authenticated with the job's key (kept outside the storage): one
+    # rewritten by someone without it is refused, naming it, before anything starts.
+    manifest_path = next(tmp_path.rglob("manifest.json"))
+    manifest = json.loads(manifest_path.read_text())
+    assert len(manifest["hmac"]) == 64
+    manifest["checkpoints"][-1]["meta"]["planted"] = True
+    manifest_path.write_text(json.dumps(manifest))
+    third = run_gosok(*common, "job.steps=40", cwd=tmp_path, timeout=300)
+    assert third.returncode == 2, third.stdout[-3000:] + third.stderr[-3000:]
+    said = third.stdout + third.stderr
+    assert "manifest.json" in said and "checkpoint key" in said, said[-3000:]

@@ -102,3 +102,53 @@ def test_a_full_disk_is_told_apart_from_other_write_errors(tmp_path):
     # torch.save reports a full disk as a RuntimeError; a roomy disk means another cause
     assert disk_full(tmp_path, RuntimeError("unexpected pos 576 vs 534")) is None
     assert disk_full(tmp_path, PermissionError(errno.EACCES, "denied")) is None
+
+
+def test_a_manifest_rewritten_without_the_jobs_key_is_refused_before_any_file_opens(tmp_path):
+    """Whoever can write the checkpoint storage replaces a state file with a pickle that runs
+    code and rewrites the manifest's hashes to match: the resume refuses the manifest,
+    naming it, and nothing runs (even a loader that would unpickle never sees the file)."""
+    from gosok.launcher.launch.checkpoint import (
+        UnauthenticatedCheckpointError,
+        checkpoint_key,
+        file_sha256,
+    )
+
+    storage, state = tmp_path / "ckpt", tmp_path / "state"
+    key = checkpoint_key(storage, state)
+    assert len(key) == 32 and checkpoint_key(storage, state) == key
+    assert checkpoint_key(tmp_path / "other", state) != key
+    assert (state / "checkpoint-keys").stat().st_mode & 0o777 == 0o700
+    assert all(p.stat().st_mode & 0o777 == 0o600 for p in (state / "checkpoint-keys").iterdir())
+    store = CheckpointStore(storage, key=key)
+    save_state(store, 10, {"w": torch.ones(2)}, {})
+    assert CheckpointStore(storage, key=key).latest().step == 10
+    manifest = json.loads((storage / "manifest.json").read_text())
+    assert "hmac" in manifest
+
+    class Payload:
+        def __reduce__(self):
+            return (os.system, ("echo owned > " + str(tmp_path / "owned"),))
+
+    planted = storage / "step-000010" / "state.pt"
+    torch.save({"x": Payload()}, planted)
+    manifest["checkpoints"][0]["files"]["state.pt"] = file_sha256(planted)
+    (storage / "manifest.json").write_text(json.dumps(manifest))
+    with pytest.raises(UnauthenticatedCheckpointError, match="manifest.json"):
+        CheckpointStore(storage, key=key).latest()
+    with pytest.raises(UnauthenticatedCheckpointError):
+        CheckpointStore(storage, key=checkpoint_key(tmp_path / "other", state)).entries()
+    assert not (tmp_path / "owned").exists()
+    # plain torchrun (no key from gosok's driver): as before, hashes only
+    assert CheckpointStore(storage).latest().step == 10
+
+
+def test_the_key_reaches_ranks_only_in_memory_and_leaves_their_environment(monkeypatch):
+    from gosok.launcher.launch.checkpoint import KEY_ENV, key_from_env
+
+    monkeypatch.setenv(KEY_ENV, "ab" * 32)
+    assert key_from_env() == bytes.fromhex("ab" * 32)
+    assert KEY_ENV not in os.environ
+    from gosok.launcher.config.secrets import is_secret_name
+
+    assert is_secret_name(KEY_ENV)
