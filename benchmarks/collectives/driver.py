@@ -16,6 +16,7 @@ from typing import Any
 from rich.console import Console
 
 from gosok.benchmarks.collectives.ops import COLLECTIVES
+from gosok.benchmarks.collectives.rederive import rederive_collectives, reference_collectives
 from gosok.benchmarks.collectives.report import (
     averages_by_op,
     bandwidths,
@@ -29,7 +30,6 @@ from gosok.benchmarks.collectives.report import (
 from gosok.benchmarks.collectives.schema import sweep_sizes, validate_collectives
 from gosok.benchmarks.core.registry import Benchmark
 from gosok.benchmarks.core.timing import COLLECTIVE_METHOD
-from gosok.benchmarks.report.rederive import rederive_collectives
 from gosok.launcher.ranks.plan import (
     backend_for,
     make_plan,
@@ -279,4 +279,5 @@ BENCHMARK = Benchmark(
     render=render,
     compare=compare,
     rederive=rederive_collectives,
+    reference=reference_collectives,
 )

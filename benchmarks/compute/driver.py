@@ -20,11 +20,11 @@ from rich.console import Console
 from rich.markup import escape
 
 from gosok.benchmarks.compute.entries import gemm_shapes, hbm_shape, measurement_plan
+from gosok.benchmarks.compute.rederive import rederive_gemm, reference_gemm
 from gosok.benchmarks.compute.schema import profile_name, resolved_profile
 from gosok.benchmarks.compute.validate import validate_gemm
 from gosok.benchmarks.core.registry import Benchmark
 from gosok.benchmarks.core.timing import GEMM_METHOD
-from gosok.benchmarks.report.rederive import rederive_gemm
 from gosok.launcher.config.catalogue import gpu_spec, is_cpu
 
 
@@ -195,4 +195,5 @@ BENCHMARK = Benchmark(
     render=render,
     compare=compare,
     rederive=rederive_gemm,
+    reference=reference_gemm,
 )

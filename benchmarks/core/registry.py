@@ -9,7 +9,9 @@ preprocess → benchmark → postprocess and nccl-tests' ``struct testColl``):
 - ``plan(cfg)`` is pure and returns the lines ``dry_run=true`` prints;
 - ``run(cfg, console)`` drives the ranks and writes the results file, returns the exit code;
 - ``render(doc, args)`` derives the report of a results file of kind ``kind``;
-- ``rederive(doc)`` recomputes every derived figure from the raw data (audits).
+- ``rederive(doc)`` recomputes every derived figure from the raw data (audits);
+- ``reference(doc, rederived, contract)`` lists how a file differs from the auditor's
+  reference (gosok's catalogue, contracts and settings, or the auditor's contract).
 
 Benchmarks are found through the ``gosok.benchmarks`` entry points (``pyproject.toml``).
 
@@ -70,6 +72,7 @@ class Benchmark:
     render: Callable[[dict[str, Any], Any], int]
     rederive: Callable[[dict[str, Any]], list[str]] | None = None
     compare: Callable[[dict[str, Any], dict[str, Any], Any], int] | None = None
+    reference: Callable[[dict[str, Any], dict[str, Any], str | None], list[str]] | None = None
 
 
 _BENCHMARKS: Registry[Benchmark] | None = None

@@ -139,7 +139,7 @@ def _floor_text(expectation: Any, spec: float | None, unit: str) -> str:
 
 
 def _suite_metrics(doc: dict[str, Any]) -> dict[str, MetricCell]:
-    from gosok.benchmarks.report.rederive import contract_from_dict, gpu_from_dict
+    from gosok.benchmarks.suite.derive import contract_from_dict, gpu_from_dict
     from gosok.benchmarks.suite.verdicts import UNITS, resolve_expectations, spec_value
 
     gpu, contract = gpu_from_dict(doc["gpu"]), contract_from_dict(doc["contract"])

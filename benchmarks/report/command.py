@@ -26,7 +26,7 @@ import sys
 from pathlib import Path
 from typing import Any
 
-from gosok.benchmarks.report.rederive import Rederivation
+from gosok.benchmarks.core.rederive import Rederivation
 from gosok.benchmarks.report.trust import (
     MAX_FILE_BYTES,
     InputError,

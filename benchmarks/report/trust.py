@@ -24,7 +24,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from gosok.benchmarks.report.rederive import Rederivation, rederivation
+from gosok.benchmarks.core.rederive import Rederivation, rederivation
 from gosok.launcher.results.signing import (
     SIGNATURE_FIELD,
     SignatureCheck,

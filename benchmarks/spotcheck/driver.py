@@ -28,8 +28,15 @@ from typing import Any
 
 from rich.console import Console
 
+from gosok.benchmarks.core.rederive import (
+    Rederivation,
+    Rederiver,
+    as_dict,
+    as_list,
+    json_copy,
+    settings_of,
+)
 from gosok.benchmarks.core.registry import Benchmark
-from gosok.benchmarks.report.rederive import rederive_spotcheck
 from gosok.benchmarks.suite.verdicts import FAIL, WARN, Check, cluster_verdict, exit_code
 
 #: The claimed suite's phases a spot check repeats (inventory and isolation judge nothing
@@ -150,8 +157,8 @@ def derive(spot: dict[str, Any], readings: list[dict[str, Any]]) -> dict[str, An
 def load_claims(path: str) -> tuple[dict[str, Any], dict[str, Any]]:
     """The claims file, sealed and of kind suite, and its re-derived copy (``InputError`` or
     ``ConfigError`` naming the file otherwise)."""
-    from gosok.benchmarks.report.rederive import rederive_suite
     from gosok.benchmarks.report.trust import load_input
+    from gosok.benchmarks.suite.derive import rederive_suite
     from gosok.launcher.errors import ConfigError
 
     doc, sealed = load_input(path)
@@ -179,9 +186,8 @@ def claimed_figures(rederived: dict[str, Any]) -> dict[str, Any]:
 
 def _setup(cfg: Any) -> dict[str, Any]:
     """Everything the run needs, checked: claims, drawn nodes, reference suite, contract."""
-    from gosok.benchmarks.report.reference import reference_suite
     from gosok.benchmarks.report.trust import InputError
-    from gosok.benchmarks.suite.schema import load_contract
+    from gosok.benchmarks.suite.schema import load_contract, reference_suite
     from gosok.launcher.errors import ConfigError
 
     spot = cfg.spotcheck
@@ -354,6 +360,33 @@ def render(doc: dict[str, Any], args: Any) -> int:
         print(line)
     return int(doc["verdict"]["exit_code"])
 
+
+# --- re-derivation of a spot check's results ------------------------------------------------
+
+
+def _spotcheck(r: Rederivation) -> None:
+    from gosok.benchmarks.suite.derive import rederive_collective_phase, rederive_compute_phase
+
+    doc = r.doc
+    assert doc is not None
+    spot = as_dict(doc["spotcheck"], "spotcheck")
+    settings = settings_of(doc["settings"], "settings")
+    world = (
+        len(as_list(spot["drawn"], "spotcheck.drawn")) * doc["config"]["cluster"]["gpus_per_node"]
+    )
+    for reading in as_list(doc["readings"], "readings"):
+        reading = as_dict(reading, "reading")
+        if "compute" in reading:
+            rederive_compute_phase(r, reading["compute"], settings.compute, world)
+        for name in ("intra_node", "inter_node"):
+            if name in reading:
+                rederive_collective_phase(r, name, reading[name], settings[name])
+    for key, value in json_copy(derive(spot, doc["readings"])).items():
+        r.same(key, doc.get(key), value)
+        doc[key] = value
+
+
+rederive_spotcheck = Rederiver("spotcheck", _spotcheck)
 
 BENCHMARK = Benchmark(
     name="spotcheck",

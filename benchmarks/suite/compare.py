@@ -7,7 +7,7 @@ providers and cluster sizes; per-node figures are compared for nodes found in bo
 (same hostname and node rank, or same Ray node id). A figure that dropped by more than
 ``tolerance`` is a regression; a verdict that got worse is one too.
 
-Both documents are re-derived first (``report.rederive``): figures from their raw data,
+Both documents are re-derived first (``suite.derive``): figures from their raw data,
 checks and verdicts from those figures with the GPU entry and contract each file recorded.
 A stored verdict is never compared.
 
@@ -89,7 +89,7 @@ def rederived(doc: dict[str, Any]) -> dict[str, Any]:
 
     Raises ``ValueError`` when the document does not have a suite results file's structure.
     """
-    from gosok.benchmarks.report.rederive import rederive_suite
+    from gosok.benchmarks.suite.derive import rederive_suite
 
     result = rederive_suite.full(doc)
     if result.doc is None:

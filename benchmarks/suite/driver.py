@@ -23,8 +23,12 @@ from rich.console import Console
 
 from gosok.benchmarks.core.harness import bench_session, run_dir, write_run_results
 from gosok.benchmarks.core.registry import Benchmark
-from gosok.benchmarks.report.rederive import rederive_suite
-from gosok.benchmarks.suite.derive import isolation_due, judge
+from gosok.benchmarks.suite.derive import (
+    isolation_due,
+    judge,
+    rederive_suite,
+    reference_suite_problems,
+)
 from gosok.benchmarks.suite.phases import PHASES, PhaseContext, evaluate_phases, suite_plan
 from gosok.benchmarks.suite.ranks import prepare_rank
 from gosok.benchmarks.suite.schema import effective_suite, load_contract, validate_suite
@@ -176,4 +180,5 @@ BENCHMARK = Benchmark(
     render=render,
     compare=compare,
     rederive=rederive_suite,
+    reference=reference_suite_problems,
 )

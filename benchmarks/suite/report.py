@@ -9,7 +9,7 @@ line, and a per-node heatmap of the key figures relative to the cluster median.
 
 ``render_suite`` and ``compare_suite`` are the suite's ``render`` / ``compare`` hooks; both
 work on the re-derived document (checks and verdicts recomputed from the measurements, see
-``report.rederive``), never on the stored verdicts.
+``suite.derive``), never on the stored verdicts.
 Use: ``write_reports(doc, run_dir)``; ``print_summary(doc, console)``;
 ``gosok report compare A.json B.json [--tolerance 0.05] [--out diff.md]``.
 """

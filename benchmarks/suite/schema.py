@@ -224,3 +224,18 @@ def validate_suite(suite: Any) -> list[str]:
     if not list(suite.phases):
         problems.append("suite.phases is empty: a suite with no phase checks nothing")
     return problems
+
+
+def reference_suite(name: str, gpu: str) -> Any:
+    """gosok's own suite ``name`` as it runs on ``gpu`` (None when gosok has no such suite):
+    what a file's recorded suite settings are judged against."""
+    from omegaconf import OmegaConf
+
+    from gosok.launcher.config.catalogue import config_dir
+
+    path = config_dir() / "suite" / f"{name}.yaml"
+    if not name.replace("_", "").isalnum() or not path.is_file():
+        return None
+    raw = OmegaConf.load(path)
+    raw.pop("defaults", None)
+    return effective_suite(OmegaConf.merge(OmegaConf.structured(SuiteConfig), raw), gpu)

@@ -9,7 +9,7 @@ import json
 from pathlib import Path
 from typing import Any
 
-from gosok.benchmarks.report.rederive import rederive_suite
+from gosok.benchmarks.suite.derive import rederive_suite
 from gosok.launcher.results.signing import sign_doc
 from gosok.launcher.results.store import write_results
 

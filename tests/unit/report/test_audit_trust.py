@@ -19,9 +19,9 @@ from trust_docs import collectives_doc, edit, gemm_doc, save, suite_doc
 
 from gosok.benchmarks.core.schema import BenchRunConfig
 from gosok.benchmarks.report.command import run_report_command
-from gosok.benchmarks.report.rederive import catalogue_notes, contract_notes, rederive_suite
 from gosok.benchmarks.report.trust import assess, load_input, load_public_keys
 from gosok.benchmarks.suite.compare import compare_docs
+from gosok.benchmarks.suite.derive import catalogue_notes, contract_notes, rederive_suite
 from gosok.launcher.config.trust import validate_trust
 from gosok.launcher.results.signing import new_keypair, sign_doc
 from gosok.launcher.results.store import write_results

@@ -7,7 +7,7 @@ import copy
 
 from trust_docs import suite_doc
 
-from gosok.benchmarks.report.rederive import rederive_suite
+from gosok.benchmarks.suite.derive import rederive_suite
 from gosok.benchmarks.suite.evaluate import confirmed_ranks
 
 

@@ -11,7 +11,7 @@ import pytest
 from trust_docs import collectives_doc, save, suite_doc
 
 from gosok.benchmarks.report.command import run_report_command
-from gosok.benchmarks.report.rederive import rederive_suite
+from gosok.benchmarks.suite.derive import rederive_suite
 from gosok.launcher.results.signing import new_keypair
 
 

@@ -35,12 +35,11 @@ from gosok.benchmarks.compute.entries import (
     time_stats,
 )
 from gosok.benchmarks.compute.schema import ComputeProfile, GemmBenchConfig, resolved_profile
-from gosok.benchmarks.report.reference import reference_suite
 from gosok.benchmarks.suite.derive import isolation_due, judge
 from gosok.benchmarks.suite.evaluate import key_figure
 from gosok.benchmarks.suite.isolation import isolate
 from gosok.benchmarks.suite.phases import compute_kernels, evaluate_phases, rail_figures
-from gosok.benchmarks.suite.schema import load_contract
+from gosok.benchmarks.suite.schema import load_contract, reference_suite
 from gosok.launcher.config.catalogue import gpu_spec
 from gosok.launcher.ranks.plan import split_groups
 from gosok.launcher.results.signing import sign_doc

@@ -13,9 +13,8 @@ from typing import Any
 import pytest
 from omegaconf import OmegaConf
 
-from gosok.benchmarks.report.rederive import rederive_spotcheck
-from gosok.benchmarks.report.reference import reference_suite
-from gosok.benchmarks.spotcheck.driver import claimed_figures, derive, draw
+from gosok.benchmarks.spotcheck.driver import claimed_figures, derive, draw, rederive_spotcheck
+from gosok.benchmarks.suite.schema import reference_suite
 from gosok.launcher.results.signing import new_keypair
 from gosok.launcher.results.store import write_results
 from tests.conftest import assert_refused_clearly, run_refused
@@ -135,7 +134,7 @@ def test_bad_spotcheck_settings_are_refused_before_anything_starts(refused, inde
 
 
 def test_a_slow_rail_is_named_as_a_rail_and_rails_rederive() -> None:
-    from gosok.benchmarks.report.rederive import rederive_suite
+    from gosok.benchmarks.suite.derive import rederive_suite
 
     doc = suite_doc(nodes=4, per_node=8, gpu="h200", slow_rail=5)
     failed = [c for c in doc["checks"] if c["status"] == "FAIL"]
