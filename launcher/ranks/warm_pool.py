@@ -64,6 +64,7 @@ from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 
 from gosok.launcher.cluster.local import SLOT_RESOURCE, free_port
+from gosok.launcher.config.secrets import is_secret_name
 from gosok.launcher.errors import (
     ENVIRONMENT_ERRORS,
     ClusterMismatchError,
@@ -286,7 +287,11 @@ class WarmHolder:
         name = f"w-{self.node_id[:12]}-{tag}-{self._generation}"
         path = warm.default_socket_path(name)
         log = os.path.join(_ray_logs_dir() or os.path.dirname(path), f"gosok-warm-{name}.log")
-        env = dict(os.environ)
+        # The server's starting environment is what every rank forked from it shows in
+        # /proc/self/environ and /proc/<ppid>/environ: none of the holder's secrets (the
+        # node's Ray token, a key the cluster was started with). Ranks get their job's
+        # environment in the request.
+        env = {k: v for k, v in os.environ.items() if not is_secret_name(k)}
         env.update(dict(needs.import_env))
         future = self._starter.submit(
             warm.start_server, path, needs.preload, sys.executable, True, env, log, 300.0

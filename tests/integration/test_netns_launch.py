@@ -3,7 +3,8 @@ and /tmp), four of them so a two-node job has spares. In order (the last two tak
 away):
 
 - an unmodified torchrun-style script that lives only in the driver's /tmp runs on every
-  rank, and its output arrives in the driver's rank logs;
+  rank, and its output arrives in the driver's rank logs; the node's Ray token is in neither
+  its own nor its parent's starting environment (``/proc/*/environ``);
 - the DDP recipe trains and checkpoints with no shared run directory;
 - an unchanged script hanging in a collective is detected and the rank behind is named;
 - a full checkpoint disk (a small tmpfs on the shared storage) ends with a clear error,
@@ -52,6 +53,10 @@ seen = sorted(p for p in os.listdir("/tmp") if p.startswith(tag))
 x = torch.ones(4) * (dist.get_rank() + 1)
 dist.all_reduce(x)
 print("REPORT", os.environ["RANK"], socket.gethostname(), len(seen), float(x[0]), flush=True)
+def leaks(pid):  # the cluster token or its path, in a process's starting environment
+    data = open(f"/proc/{pid}/environ", "rb").read()
+    return int(b"RAY_AUTH_TOKEN" in data)
+print("ENVIRON", leaks("self"), leaks(os.getppid()), flush=True)
 dist.barrier()
 os.unlink(mine)
 dist.destroy_process_group()
@@ -97,6 +102,9 @@ def test_script_in_driver_tmp_runs_on_separate_hosts(hosts, tmp_path):
         _, r, host, seen, total = line.split()
         reports[int(r)] = (host, int(seen), float(total))
     assert sorted(reports) == [0, 1, 2, 3]
+    for rank in range(4):  # a rank cannot read the cluster token from its own or its parent's
+        log = (run_dir / "logs" / "attempt-0" / f"rank-{rank}.log").read_text()
+        assert "ENVIRON 0 0" in log, log[-2000:]
     assert len({host for host, _, _ in reports.values()}) == 2  # two hosts
     assert all(seen == 2 for _, seen, _ in reports.values())  # each host's own /tmp
     assert all(total == 10.0 for _, _, total in reports.values())  # 1+2+3+4 over gloo
