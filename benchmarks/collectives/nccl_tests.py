@@ -341,16 +341,51 @@ def gpu_key(doc: dict[str, Any]) -> str | None:
     return found.pop() if len(found) == 1 else None
 
 
-def as_results(doc: dict[str, Any]) -> tuple[dict[str, Any], list[str]]:
+def as_results(doc: dict[str, Any], name: str = "") -> tuple[dict[str, Any], list[str]]:
     """An nccl-tests document as a gosok ``collectives`` document (its records re-derived),
-    for ``gosok report`` and ``report compare``; and the stored figures that disagree."""
+    for ``gosok report``, ``report compare`` and ``report audit``, labelled as written by
+    nccl-tests (``source``); and the stored figures that disagree."""
+    from gosok.benchmarks.collectives.driver import verdict
+    from gosok.benchmarks.collectives.report import averages_by_op
+
     records, problems = records_from(doc)
+    passed, failures = verdict(records, 0.0)
+    devices = doc["config"].get("devices") or []
     return {
         "kind": "collectives",
         "source": "nccl-tests",
-        "config": {"cluster": {"gpu": gpu_key(doc)}},
+        "config": {
+            "cluster": {
+                "gpu": gpu_key(doc),
+                "provider": "nccl-tests",
+                "name": name or "nccl-tests",
+                "nodes": len({d.get("hostname") for d in devices}) or None,
+            }
+        },
         "records": records,
+        "started_unix": _unix(doc.get("start_time")),
+        "summary": {
+            "avg_busbw_gbps": averages_by_op(records),
+            "passed": passed,
+            "problems": failures,
+        },
     }, problems
+
+
+def _unix(when: Any) -> float | None:
+    """nccl-tests' local ``start_time`` as a Unix time (None when it is not one)."""
+    try:
+        return time.mktime(time.strptime(str(when), "%Y-%m-%d %H:%M:%S"))
+    except ValueError:
+        return None
+
+
+def time_reduce_of(doc: dict[str, Any]) -> str:
+    """How the file's times were combined over ranks: nccl-tests' ``-a`` in ``args``
+    (0 rank 0, 1 mean, the default, 2 min, 3 max)."""
+    args = [str(a) for a in doc.get("args") or []]
+    value = next((b for a, b in zip(args, args[1:], strict=False) if a in ("-a", "--average")), "1")
+    return {"0": "rank0", "1": "avg", "2": "min", "3": "max"}.get(value, "avg")
 
 
 def _number(value: Any, what: str) -> float:
@@ -364,6 +399,7 @@ def records_from(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
     each stored time; and the stored figures that disagree with the re-derived ones."""
     op, n = op_of(doc), group_size(doc)
     ranks = sorted(hosts(doc))
+    how = time_reduce_of(doc)
     dtypes = {v: k for k, v in TYPES.items()}
     records, problems = [], []
     for index, entry in enumerate(doc["results"]):
@@ -392,6 +428,7 @@ def records_from(doc: dict[str, Any]) -> tuple[list[dict[str, Any]], list[str]]:
                     "redop": str(entry.get("redop") or "none"),
                     "root": None if str(entry.get("root")).strip() == "-1" else entry.get("root"),
                     "time_us": time_us,
+                    "time_reduce": how,
                     "algbw_gbps": algbw,
                     "busbw_gbps": busbw,
                     "wrong": -1 if wrong is None else int(_number(wrong, f"{where}.nwrong")),

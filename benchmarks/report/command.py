@@ -184,7 +184,7 @@ def _nccl_tests_results(path: str, doc: dict[str, Any]) -> tuple[dict[str, Any],
     from gosok.benchmarks.collectives.nccl_tests import as_results
 
     try:
-        return as_results(doc)
+        return as_results(doc, Path(path).stem)
     except (ValueError, KeyError, TypeError, AttributeError) as err:
         raise InputError(f"{path}: an nccl-tests file gosok cannot read: {err}") from None
 
@@ -241,16 +241,23 @@ def _assessed(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
             "provider's keys and each cluster's nonce"
         )
     loaded, unreadable = [], []
+    derived: dict[str, Any] = {}
     for path in args.results:
         try:
-            loaded.append((path, *load_input(path)))
+            nccl = _nccl_tests_input(path)
+            if nccl is None:
+                loaded.append((path, *load_input(path)))
+                continue
+            doc, problems = _nccl_tests_results(path, nccl)
+            derived[path] = Rederivation("collectives", doc, problems=problems, compared=1)
+            loaded.append((path, doc, False))
         except InputError as err:
             unreadable.append(str(err))
     if not args.registry:
         keys = load_public_keys(args.public_key)
         nonces = check_nonces(args.nonce)
         assessed = [
-            assess(path, doc, sealed, keys, nonces, contract=args.contract)
+            assess(path, doc, sealed, keys, nonces, derived.get(path), args.contract)
             for path, doc, sealed in loaded
         ]
         return _split_malformed(assessed, unreadable)
@@ -262,7 +269,7 @@ def _assessed(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
     for path, doc, sealed in loaded:
         found = assess(
             path, doc, sealed, registry.keys_for(doc), registry.nonces_for(doc),
-            contract=args.contract,
+            derived.get(path), args.contract,
         )  # fmt: skip
         ok, detail = registry.identity(doc, bool(found.signature and found.signature.ok))
         found.aspects.insert(2, Aspect("identity", OK if ok else FAIL, detail))

@@ -156,3 +156,22 @@ def test_split_groups_are_nccl_tests_split_groups(split: str, groups: list[list[
     from gosok.launcher.ranks.plan import split_groups
 
     assert split_groups(8, split) == groups
+
+
+def test_audit_takes_nccl_tests_files_labelled_and_unsigned(tmp_path, capsys) -> None:
+    from trust_docs import save
+
+    gosok_file = tmp_path / "gosok.json"
+    save(gosok_file, collectives_doc())
+    out_dir = tmp_path / "audit"
+    code = run_report_command(["audit", str(EXAMPLE), str(gosok_file), "--out-dir", str(out_dir)])
+    said = capsys.readouterr().out
+    assert code == 1 and "NOT AUDITED" not in said, said  # unsigned files are not verified
+    report = (out_dir / "audit.md").read_text()
+    row = next(
+        line
+        for line in report.splitlines()
+        if "all_reduce_2hosts_I1" in line and "nccl-tests" in line
+    )
+    assert "written by nccl-tests: no seal and no signature" in row
+    assert "2026-07-10" in row and "h100_sxm" in row
