@@ -47,7 +47,9 @@ def test_no_failover_when_excluding_is_off() -> None:
     assert decision.restart and not decision.excluded and p.blocklist == []
 
 
-@pytest.mark.parametrize("kind", ["worker_lost", "hang", "signal", "spawn", "startup_timeout"])
+@pytest.mark.parametrize(
+    "kind", ["worker_lost", "hang", "signal", "spawn", "startup_timeout", "placement"]
+)
 def test_infrastructure_failures_are_retried_up_to_max_failures(kind: str) -> None:
     p = policy(max_failures=2)
     assert p.after(Ended(kind, True, "same")).restart
