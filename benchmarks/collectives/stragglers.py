@@ -17,6 +17,8 @@ import statistics
 from collections import defaultdict
 from typing import Any
 
+from gosok.benchmarks.collectives.report import mean_time_us
+
 SPIKE_THRESHOLD = 1.5
 
 
@@ -30,7 +32,7 @@ def record_lines(record: dict[str, Any], hosts: dict[int, str], threshold: float
     if not rows or len(rows) < 2:
         return []
     ranks = record["ranks"]
-    means = {rank: statistics.fmean(row) for rank, row in zip(ranks, rows, strict=True)}
+    means = {rank: mean_time_us(row) for rank, row in zip(ranks, rows, strict=True)}
     fast, slow = min(means, key=means.get), max(means, key=means.get)
     spread = means[slow] - means[fast]
     noisy = max(zip(ranks, rows, strict=True), key=lambda item: _cv(item[1]))

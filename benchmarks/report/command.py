@@ -114,12 +114,12 @@ def _render(argv: list[str]) -> int:
 
             return render_run_dir(run_dir)  # a run that did not finish: its journal
         args.results = str(run_dir / "results.json")
-    nccl = _nccl_tests_input(args.results)
-    if nccl is not None:
-        return _render_nccl_tests(args.results, nccl, args)
     try:
         doc = _loaded(args.results, "report")
     except InputError as err:
+        nccl = _nccl_tests_input(args.results)
+        if nccl is not None:
+            return _render_nccl_tests(args.results, nccl, args)
         return _fail("", str(err))
     except _SealBroken as err:
         return _fail("", str(err), 1)
@@ -166,7 +166,8 @@ def _print_stragglers(records: list[dict[str, Any]], hosts: dict[int, str]) -> N
 
 
 def _nccl_tests_input(path: str) -> dict[str, Any] | None:
-    """The document of a file nccl-tests wrote (``-J``), or None for anything else."""
+    """The document of a file nccl-tests wrote (``-J``), or None for anything else. Asked
+    only of a file that is not a gosok results file, so a gosok file is read once."""
     from gosok.benchmarks.collectives.nccl_tests import is_nccl_tests
 
     try:
@@ -244,15 +245,18 @@ def _assessed(args: argparse.Namespace) -> tuple[list[Any], list[str]]:
     derived: dict[str, Any] = {}
     for path in args.results:
         try:
+            loaded.append((path, *load_input(path)))
+        except InputError:
             nccl = _nccl_tests_input(path)
-            if nccl is None:
-                loaded.append((path, *load_input(path)))
+            try:
+                if nccl is None:
+                    raise
+                doc, problems = _nccl_tests_results(path, nccl)
+            except InputError as bad:
+                unreadable.append(str(bad))
                 continue
-            doc, problems = _nccl_tests_results(path, nccl)
             derived[path] = Rederivation("collectives", doc, problems=problems, compared=1)
             loaded.append((path, doc, False))
-        except InputError as err:
-            unreadable.append(str(err))
     if not args.registry:
         keys = load_public_keys(args.public_key)
         nonces = check_nonces(args.nonce)
@@ -398,10 +402,13 @@ def _compare(argv: list[str]) -> int:
     loaded, problems = [], []
     try:
         for path in (args.baseline, args.candidate):
-            nccl = _nccl_tests_input(path)
-            if nccl is None:
+            try:
                 loaded.append(_loaded(path, "compare"))
                 continue
+            except InputError:
+                nccl = _nccl_tests_input(path)
+                if nccl is None:
+                    raise
             doc, found = _nccl_tests_results(path, nccl)
             loaded.append(doc)
             problems += [f"NOT RE-DERIVABLE {path}: {line}" for line in found]

@@ -230,7 +230,6 @@ def _setup(cfg: Any) -> dict[str, Any]:
     contract = load_contract(suite.contract, gpu_key)
     ranks = draw(len(labels), spot.nodes, cfg.audit.nonce, doc["sha256"])
     return {
-        "claims_doc": doc,
         "suite": suite,
         "contract": contract,
         "spot": {
