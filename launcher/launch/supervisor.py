@@ -27,6 +27,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import re
 import signal
 import time
@@ -39,6 +40,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from gosok.launcher.config.secrets import current
 from gosok.launcher.errors import ENVIRONMENT_ERRORS, GosokError, RankStartError
 from gosok.launcher.launch.monitor import GroupWatch, Verdict, WatchPolicy
 from gosok.launcher.launch.policy import NOT_RETRIED, Ended, RestartPolicy
@@ -50,6 +52,7 @@ from gosok.launcher.results.store import atomic_write_bytes
 DRAIN_POLLS = 20
 DRAIN_TIMEOUT_S = 10.0
 EXIT_GRACE_S = 4.0
+LOG_FLAGS = os.O_WRONLY | os.O_CREAT | os.O_APPEND | os.O_NOFOLLOW
 RANK_PREFIX = re.compile(r"^\[rank\d+\]:\s*")
 DISK_FULL = re.compile(r"No space left on device|ENOSPC|Errno 28|Disk quota exceeded")
 
@@ -95,6 +98,9 @@ class AttemptOutcome:
     rank_start: dict[str, Any] = field(default_factory=dict)  # warm or fresh, and why
     rank0_beat: dict[str, Any] | None = None  # rank 0's last heartbeat (the recipe's result)
     timings: dict[str, Any] = field(default_factory=dict)  # launch.profile
+    # What the failed rank recorded with torch's @record (TORCHELASTIC_ERROR_FILE):
+    # {rank, host, message, timestamp, traceback_file}
+    error: dict[str, Any] | None = None
 
 
 @dataclass
@@ -130,6 +136,7 @@ class Supervisor:
         self.console = console
         self.blocklist: list[str] = []
         self.attempts: list[AttemptOutcome] = []
+        self._errors: dict[int, dict[str, Any]] = {}  # this attempt's @record errors by rank
         self.progress: Progress | None = None
         self.task: Any = None
         # Told of each attempt's start, polls and end (e.g. ``ledger.recorder.LaunchRecorder``).
@@ -210,6 +217,7 @@ class Supervisor:
 
     def _attempt(self, attempt: int) -> AttemptOutcome:
         started = time.time()
+        self._errors = {}
         self._notify("on_attempt_start", attempt, started)
         env = {
             **self.spec.env,
@@ -262,12 +270,15 @@ class Supervisor:
         show the tee ranks' on the terminal. True when anything arrived."""
         arrived = False
         for node in sorted(reports):
+            self._errors.update({int(r): e for r, e in reports[node].get("errors", {}).items()})
             for rank, text in sorted(reports[node].get("output", {}).items()):
                 if not text:
                     continue
                 arrived = True
                 log_dir.mkdir(parents=True, exist_ok=True)
-                with open(log_dir / f"rank-{rank}.log", "a", encoding="utf-8") as handle:
+                text = current().text(text)
+                path = log_dir / f"rank-{rank}.log"
+                with open(os.open(path, LOG_FLAGS, 0o600), "a", encoding="utf-8") as handle:
                     handle.write(text)
                 if rank in self.spec.tee_ranks:
                     self._tee(rank, text)
@@ -476,6 +487,9 @@ class Supervisor:
             tail = group.log_tail(rank)
         last = next((ln.strip() for ln in reversed(tail.splitlines()) if ln.strip()), "")
         last = RANK_PREFIX.sub("", last)  # torch's "[rank0]: " on a rank's error output
+        recorded = self._recorded_error(outcome, group, rank)
+        if recorded:
+            last = recorded
         outcome.signature = f"exit {code}: {normalised(last)}"
         if DISK_FULL.search(tail):
             outcome.kind, outcome.infra = "disk_full", False
@@ -486,8 +500,31 @@ class Supervisor:
             )
             return outcome
         outcome.kind, outcome.infra = "exit", False
-        outcome.message = f"rank {rank} exited with code {code}: {last or '(no output)'}"
+        if outcome.error:
+            outcome.message = (
+                f"rank {rank} on {outcome.error['host']} failed with {last} (exit code {code}; "
+                f"recorded by @record, traceback in {outcome.error['traceback_file']})"
+            )
+        else:
+            outcome.message = f"rank {rank} exited with code {code}: {last or '(no output)'}"
         return outcome
+
+    def _recorded_error(self, outcome: AttemptOutcome, group: Any, rank: int) -> str:
+        """The exception a rank recorded in its TORCHELASTIC_ERROR_FILE (torch's
+        ``errors.record``), as torchrun reports it: type and message, rank, host, with the
+        traceback kept beside the attempt's logs. Empty when the rank recorded none."""
+        error = self._errors.get(rank)
+        if not error or not error.get("message"):
+            return ""
+        host = group.rank_info[rank].get("hostname") or group.rank_info[rank]["node_id"][:8]
+        path = self.spec.log_root / f"attempt-{outcome.attempt}" / f"error-rank-{rank}.json"
+        record = current().data({"rank": rank, "host": host, **error})
+        atomic_write_bytes(path, json.dumps(record, indent=1).encode())
+        outcome.error = {
+            "rank": rank, "host": host, "message": record["message"],
+            "timestamp": error.get("timestamp", ""), "traceback_file": str(path),
+        }  # fmt: skip
+        return record["message"]
 
     def _hang(self, outcome, group, verdict: Verdict, watch: GroupWatch) -> AttemptOutcome:
         stuck = verdict.rank

@@ -5,6 +5,7 @@ A report::
 
     {"ranks": 8,                         # ranks of the job on this node
      "exited": {rank: [code, unix]},     # every rank that has ended so far
+     "errors": {rank: {...}},            # what a failed rank recorded with torch's @record
      "output": {rank: text},             # new output since the last report
      "progress": 17,                     # bumps when any running rank moved
      "armed": True,                      # a rank has beaten or entered a collective
@@ -88,6 +89,7 @@ class NodeReporter:
                 for r, a in latest.items()
                 if a.get("returncode") is not None
             },
+            "errors": {r: a["error"] for r, a in latest.items() if a.get("error")},
             "output": self._output,
             "progress": self.progress,
             "armed": self.armed,

@@ -43,6 +43,8 @@ from gosok.launcher.ranks.heartbeat import read_beat
 
 PR_SET_PDEATHSIG = 1
 TEE_CHUNK_BYTES = 64 * 1024
+ERROR_FILE_BYTES = 64 * 1024
+ERROR_TEXT_CHARS = 2000
 RUNNER_MODULE = "gosok.launcher.ranks.script_runner"
 PROFILE_ENV = "GOSOK_PROFILE_FILE"
 
@@ -143,6 +145,7 @@ def rank_files(log_dir: str, rank: int) -> dict[str, str]:
         "stack": f"{base}.stack.txt",
         "marks": f"{base}.profile.jsonl",
         "progress": f"{base}.progress",
+        "error": f"{base}.error.json",
     }
 
 
@@ -160,7 +163,7 @@ def spawn_rank(
     from a thread when the child has ended."""
     files = rank_files(spec["log_dir"], ctx.rank)
     argv, cwd = shipped(spec)
-    for key in ("log", "beat", "stack", "marks", "progress"):
+    for key in ("log", "beat", "stack", "marks", "progress", "error"):
         Path(files[key]).unlink(missing_ok=True)
     from gosok.launcher.config.secrets import is_secret_name
 
@@ -175,6 +178,7 @@ def spawn_rank(
         GOSOK_STACK_FILE=files["stack"],
         GOSOK_RANK_LOG=files["log"],
         GOSOK_PROGRESS_FILE=files["progress"],
+        TORCHELASTIC_ERROR_FILE=files["error"],
         PYTHONUNBUFFERED="1",
     )
     if spec.get("profile"):
@@ -271,6 +275,28 @@ def read_marks(path: str) -> list[dict[str, Any]]:
     return marks
 
 
+def read_error_file(path: str) -> dict[str, str] | None:
+    """The exception a rank recorded with torch's ``errors.record`` in
+    ``TORCHELASTIC_ERROR_FILE`` (torch's ``error_handler.py`` writes
+    ``{"message": {"message": "Type: text", "extraInfo": {"py_callstack", "timestamp"}}}``;
+    a plain string message is accepted too), or None when there is none."""
+    import json
+
+    try:
+        with open(path, "rb") as handle:
+            data = json.loads(handle.read(ERROR_FILE_BYTES))
+        body = data["message"]
+    except (OSError, ValueError, TypeError, KeyError):
+        return None
+    extra = body.get("extraInfo", {}) if isinstance(body, dict) else {}
+    text = body.get("message", "") if isinstance(body, dict) else body
+    return {
+        "message": str(text)[:ERROR_TEXT_CHARS],
+        "traceback": str(extra.get("py_callstack", ""))[-ERROR_FILE_BYTES // 2 :],
+        "timestamp": str(extra.get("timestamp", "")),
+    }
+
+
 def poll_rank(ctx: Any) -> dict[str, Any]:
     state = ctx.state["child"]
     proc = state["proc"]
@@ -285,6 +311,8 @@ def poll_rank(ctx: Any) -> dict[str, Any]:
         "progress": read_beat(state["files"]["progress"]),
         "output": _read_new_output(state),
     }
+    if returncode:
+        answer["error"] = read_error_file(state["files"]["error"])
     if state.get("profile"):
         answer["marks"] = read_marks(state["files"]["marks"])
         answer["spawn_unix"] = state["spawn_unix"]

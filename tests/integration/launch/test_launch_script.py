@@ -24,7 +24,7 @@ keys = ["RANK", "LOCAL_RANK", "WORLD_SIZE", "LOCAL_WORLD_SIZE", "MASTER_ADDR", "
         "NODE_RANK", "GOSOK_RUN_ID", "GOSOK_CHECKPOINT_DIR", "GOSOK_RESTART_COUNT",
         "GROUP_RANK", "GROUP_WORLD_SIZE", "ROLE_NAME", "ROLE_RANK", "ROLE_WORLD_SIZE",
         "TORCHELASTIC_RUN_ID", "TORCHELASTIC_RESTART_COUNT", "TORCHELASTIC_MAX_RESTARTS",
-        "OMP_NUM_THREADS"]
+        "OMP_NUM_THREADS", "TORCHELASTIC_ERROR_FILE"]
 print("REPORT " + json.dumps({"env": {k: os.environ.get(k) for k in keys},
                                "elastic": dist.is_torchelastic_launched(),
                                "sum": value.item(), "argv": sys.argv[1:]}), flush=True)
@@ -70,6 +70,7 @@ def test_script_mode_env_and_all_reduce_across_nodes(ray_cluster, tmp_path):
         assert env["ROLE_NAME"] == "default" and env["ROLE_RANK"] == env["RANK"]
         assert env["ROLE_WORLD_SIZE"] == "4" and env["TORCHELASTIC_RESTART_COUNT"] == "0"
         assert env["TORCHELASTIC_MAX_RESTARTS"] == "3"
+        assert env["TORCHELASTIC_ERROR_FILE"].endswith(f"rank-{rank}.error.json")
         assert env["OMP_NUM_THREADS"] == os.environ.get("OMP_NUM_THREADS", "1")
         assert env["MASTER_ADDR"] == "127.0.0.2"
         assert env["GOSOK_RESTART_COUNT"] == "0"
@@ -79,8 +80,22 @@ def test_script_mode_env_and_all_reduce_across_nodes(ray_cluster, tmp_path):
     assert doc["ok"] and doc["restarts"] == 0
 
 
+RECORDED_FAILURE = """
+from torch.distributed.elastic.multiprocessing.errors import record
+
+@record
+def main():
+    print("checking the learning rate")
+    raise ValueError("bad learning rate 3e-4")
+
+main()
+"""
+
+
 def test_code_error_is_not_retried_forever(ray_cluster, tmp_path):
-    (tmp_path / "bad.py").write_text("import sys\nprint('bad learning rate')\nsys.exit(3)\n")
+    """A script decorated with torch's ``@record`` fails: the failure reported is its
+    exception, as torchrun reports it (type and message, rank, host, traceback kept)."""
+    (tmp_path / "bad.py").write_text(RECORDED_FAILURE)
     run_dir = tmp_path / "run"
     run = run_gosok(
         "launch", "job=script", "job.script=bad.py", "logger=none", "fault.max_failures=5",
@@ -90,4 +105,11 @@ def test_code_error_is_not_retried_forever(ray_cluster, tmp_path):
     assert "config or code error" in run.stdout
     doc = json.loads(Path(run_dir / "launch.json").read_text())
     assert [a["kind"] for a in doc["attempts"]] == ["exit", "exit"]
-    assert "exit 3: bad learning rate" in doc["attempts"][0]["signature"]
+    first = doc["attempts"][0]
+    assert first["signature"] == "exit 1: ValueError: bad learning rate Ne-N"
+    assert first["error"]["message"] == "ValueError: bad learning rate 3e-4"
+    where = f"rank {first['error']['rank']} on {first['error']['host']} failed with"
+    assert first["message"].startswith(where)
+    assert "failed with ValueError: bad learning rate 3e-4 (exit code 1" in first["message"]
+    traceback = json.loads(Path(first["error"]["traceback_file"]).read_text())["traceback"]
+    assert 'raise ValueError("bad learning rate 3e-4")' in traceback
