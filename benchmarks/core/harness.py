@@ -33,7 +33,7 @@ PARTIAL_NAME = "results.partial.json"
 class BenchSession:
     group: WorkerGroup
     address: str
-    started_cluster: bool
+    ephemeral_cluster: bool
     nodes: list[dict[str, Any]] = field(default_factory=list)
     started_unix: float = field(default_factory=time.time)
 
@@ -87,7 +87,7 @@ def bench_session(
                 ) as group,
             ):
                 nodes = [n for n in group.run(per_node_fingerprint) if n is not None]
-                yield BenchSession(group, connection.address, connection.started_here, nodes)
+                yield BenchSession(group, connection.address, connection.ephemeral, nodes)
         except KeyboardInterrupt:
             write_partial_results(journal_path, run_dir() / PARTIAL_NAME)
             raise

@@ -9,7 +9,8 @@ Use::
 One connection per process: a running cluster (one this block did not start) stays
 connected after the block, so the next block in the same process (a ``-m`` sweep, a
 restart) does not connect again; the connection closes when the process exits. A local
-cluster started for the block is disconnected and stopped at its end. ``ray`` is imported
+cluster no ``gosok cluster up`` started is disconnected at the block's end (its last user
+stops it). ``ray`` is imported
 only here, inside the functions, so a command that refuses its input never loads it.
 """
 
@@ -33,7 +34,7 @@ _exit_hook: list[bool] = []
 @dataclass
 class ClusterConnection:
     address: str
-    started_here: bool
+    ephemeral: bool  # a command's own local cluster (stopped when its last user ends)
 
 
 def connected() -> bool:
@@ -79,12 +80,12 @@ def ray_cluster(cluster: Any) -> Iterator[ClusterConnection]:
     if cluster.kind == "local":
         # Present the local cluster's token (Ray reads it when it is first imported).
         local_cluster.use_auth(cluster.name)
-        with local_cluster.local_cluster(cluster) as (address, started):
+        with local_cluster.local_cluster(cluster) as (address, ephemeral):
             _init(address)
             try:
-                yield ClusterConnection(address, started)
+                yield ClusterConnection(address, ephemeral)
             finally:
-                if started:
+                if ephemeral:
                     _disconnect()
         return
     if not cluster.address:

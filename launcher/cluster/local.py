@@ -10,12 +10,20 @@ State (address, process groups) lives in ``$GOSOK_STATE_DIR`` (default
 ``~/.cache/gosok``) as ``local-<name>.json``, so ``gosok cluster up`` / ``down`` /
 ``status`` and ``gosok bench cluster=local`` share one cluster.
 
+Several commands at once share one cluster of a name. The first starts it; one that comes
+while it is starting waits until all its nodes are up (never judging a half-started cluster);
+each command using a cluster it did not get from ``gosok cluster up`` is a user of it
+(``local-<name>.users/<pid>``), and the last user to end stops it. Who claims, joins and
+leaves decides under ``local-<name>.lock``. Ranks of two commands then queue for the
+cluster's slots as jobs do on any shared cluster (``workers.wait_placed``).
+
 Use: ``gosok cluster up``; or ``with local_cluster(cfg.cluster) as address: ...``.
 """
 
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import os
 import secrets
@@ -134,6 +142,9 @@ class LocalClusterState:
     log_dir: str
     started_unix: float
     isolation: str = "none"
+    ready: bool = True  # all nodes up; False while its starter waits for them
+    kept: bool = True  # started by `gosok cluster up`: stays up until `gosok cluster down`
+    starter_pid: int = 0
 
     def path(self) -> Path:
         return state_file(self.name)
@@ -180,8 +191,29 @@ def session_alive(pgid: int) -> bool:
 def is_running(state: LocalClusterState) -> bool:
     """The head is up. A worker node that died leaves a running cluster with one node
     fewer (as on a real cluster: Ray marks it dead, placement goes around it)."""
+    if not state.pgids or not state.address:
+        return False
     host, port = state.address.rsplit(":", 1)
-    return bool(state.pgids) and session_alive(state.pgids[0]) and port_open(host, int(port))
+    return session_alive(state.pgids[0]) and port_open(host, int(port))
+
+
+def pid_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return pid > 0
+
+
+def starting(state: LocalClusterState) -> bool:
+    """Another process is starting it right now."""
+    return not state.ready and pid_alive(state.starter_pid)
+
+
+def in_use(state: LocalClusterState) -> bool:
+    return starting(state) or is_running(state)
 
 
 def _node_command(
@@ -221,26 +253,47 @@ def _node_command(
     return cmd
 
 
-def start(cluster: Any, tries: int = 2) -> LocalClusterState:
+def start(cluster: Any, tries: int = 2, kept: bool = True) -> LocalClusterState:
     """Start head + (nodes - 1) workers; wait until all nodes are alive in Ray. A start
     whose nodes do not all come up (a Ray agent can die while several nodes start on one
-    busy machine) is torn down and tried once more."""
-    existing = load_state(cluster.name)
-    if existing and is_running(existing):
-        raise GosokError(
-            f"local cluster {cluster.name!r} is already running at {existing.address}; "
-            "`gosok cluster down` first"
-        )
-    for attempt in range(1, tries + 1):
-        try:
-            return _start_once(cluster)
-        except GosokError:
-            if attempt == tries:
-                raise
+    busy machine) is torn down and tried once more. ``kept``: ``gosok cluster up``'s (else a
+    command's own, stopped by its last user)."""
+    with _locked(cluster.name):
+        existing = load_state(cluster.name)
+        if existing and in_use(existing):
+            owner = "" if existing.kept else f" for gosok command pid {existing.starter_pid}"
+            raise GosokError(
+                f"local cluster {cluster.name!r} is already running{owner} at "
+                f"{existing.address or '(starting)'}; `gosok cluster down` first"
+            )
+        _claim(cluster, kept)
+    return _start_claimed(cluster, tries, kept)
+
+
+def _claim(cluster: Any, kept: bool) -> None:
+    """Under the lock: record that this process is starting the cluster, so a command that
+    comes meanwhile waits for it instead of judging a half-started one."""
+    LocalClusterState(
+        cluster.name, "", "", cluster.nodes, cluster.gpus_per_node, [], "", time.time(),
+        cluster.isolation, ready=False, kept=kept, starter_pid=os.getpid(),
+    ).save()  # fmt: skip
+
+
+def _start_claimed(cluster: Any, tries: int, kept: bool) -> LocalClusterState:
+    try:
+        for attempt in range(1, tries + 1):
+            try:
+                return _start_once(cluster, kept)
+            except GosokError:
+                if attempt == tries:
+                    raise
+    except BaseException:
+        state_file(cluster.name).unlink(missing_ok=True)
+        raise
     raise AssertionError("unreachable")
 
 
-def _start_once(cluster: Any) -> LocalClusterState:
+def _start_once(cluster: Any, kept: bool) -> LocalClusterState:
     isolation = cluster.isolation
     net = NetnsNetwork.for_cluster(cluster.name, cluster.nodes) if isolation == "netns" else None
     ip = net.head_ip if net else cluster.local.node_ip
@@ -254,8 +307,9 @@ def _start_once(cluster: Any) -> LocalClusterState:
     pgids: list[int] = []
     state = LocalClusterState(
         cluster.name, address, ip, cluster.nodes, cluster.gpus_per_node, pgids, log_dir,
-        time.time(), isolation,
+        time.time(), isolation, ready=False, kept=kept, starter_pid=os.getpid(),
     )  # fmt: skip
+    state.save()
     new_token(cluster.name)
     try:
         for index in range(cluster.nodes):
@@ -292,10 +346,11 @@ def _start_once(cluster: Any) -> LocalClusterState:
         )  # fmt: skip
     except BaseException:
         stop_sessions(pgids)
-        state.path().unlink(missing_ok=True)
         if net:
             net.destroy()
         raise
+    state.ready = True
+    state.save()
     return state
 
 
@@ -398,18 +453,105 @@ def wait_until_ready(state: LocalClusterState, timeout_s: float) -> bool:
 
 
 @contextlib.contextmanager
+def _locked(name: str) -> Iterator[None]:
+    """Hold the cluster's lock: claiming, joining and leaving it are one step each."""
+    fd = os.open(state_dir() / f"local-{name}.lock", os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW, 0o600)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)
+
+
+def _users_dir(name: str) -> Path:
+    path = state_dir() / f"local-{name}.users"
+    path.mkdir(mode=0o700, exist_ok=True)
+    return path
+
+
+def users(name: str) -> list[int]:
+    """The live commands using the cluster (the files of ended ones are dropped)."""
+    alive = []
+    for entry in _users_dir(name).iterdir():
+        if entry.name.isdigit() and pid_alive(int(entry.name)):
+            alive.append(int(entry.name))
+        else:
+            entry.unlink(missing_ok=True)
+    return sorted(alive)
+
+
+def _join(cluster: Any) -> tuple[LocalClusterState | None, bool]:
+    """Under the lock: the cluster of that name to use and whether this process must start
+    it; a command's own cluster counts this process among its users."""
+    with _locked(cluster.name):
+        state = load_state(cluster.name)
+        if state and not in_use(state):
+            stop(cluster.name)  # left behind by a command that was killed
+            state = None
+        if state is None:
+            _claim(cluster, kept=False)
+        if state is None or not state.kept:
+            (_users_dir(cluster.name) / str(os.getpid())).touch(mode=0o600)
+        return state, state is None
+
+
+def _leave(name: str, address: str) -> None:
+    """Under the lock: this process no longer uses the cluster; the last user of a
+    command's own cluster stops it."""
+    with _locked(name):
+        (_users_dir(name) / str(os.getpid())).unlink(missing_ok=True)
+        state = load_state(name)
+        if state and not state.kept and state.address == address and not users(name):
+            stop(name)
+
+
+def _wait_ready(state: LocalClusterState, timeout_s: float) -> LocalClusterState | None:
+    """Wait for a cluster another process is starting; None when that start failed."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        latest = load_state(state.name)
+        if latest is None or not in_use(latest):
+            return None
+        if latest.ready and wait_until_ready(latest, timeout_s):
+            return latest
+        if time.monotonic() > deadline:
+            raise GosokError(
+                f"local cluster {state.name!r}, which gosok command pid {latest.starter_pid} "
+                f"is starting, did not come up in {timeout_s}s (logs in {latest.log_dir or '?'})"
+            )
+        time.sleep(0.25)
+
+
+@contextlib.contextmanager
 def local_cluster(cluster: Any) -> Iterator[tuple[str, bool]]:
-    """Yield (address, started_here): reuse a running cluster of that name, or start one
-    for the duration of the block and stop it afterwards, also on errors and Ctrl-C."""
-    state = load_state(cluster.name)
-    if state and wait_until_ready(state, cluster.local.start_timeout_s):
-        if cluster.isolation != state.isolation:
+    """Yield (address, ephemeral): use the running cluster of that name (waiting while
+    another command starts it), or start one; a cluster no ``gosok cluster up`` started is
+    stopped when the last command using it ends, also on errors and Ctrl-C."""
+    for _ in range(3):  # a start another command was making failed: take it over
+        state, mine = _join(cluster)
+        if mine:
+            break
+        assert state is not None
+        if not state.ready:
+            print(
+                f"local Ray cluster {cluster.name!r} is being started by gosok command pid "
+                f"{state.starter_pid}: waiting for its {state.nodes} node(s) ...", flush=True,
+            )  # fmt: skip
+        ready = _wait_ready(state, cluster.local.start_timeout_s)
+        if ready is None:
+            _leave(cluster.name, "")
+            continue
+        if cluster.isolation != ready.isolation:
             # The run happens on the cluster that is up: its config says how it really ran.
-            cluster.isolation = state.isolation
-        yield state.address, False
+            cluster.isolation = ready.isolation
+        try:
+            yield ready.address, not ready.kept
+        finally:
+            if not ready.kept:
+                _leave(cluster.name, ready.address)
         return
-    if state:
-        stop(cluster.name)
+    else:
+        raise GosokError(f"local cluster {cluster.name!r} could not be started; see the logs")
     begun = time.monotonic()
     where = "separate netns hosts" if cluster.isolation == "netns" else "loopback"
     print(
@@ -418,12 +560,13 @@ def local_cluster(cluster: Any) -> Iterator[tuple[str, bool]]:
         end="", flush=True,
     )  # fmt: skip
     try:
-        state = start(cluster)
+        address = _start_claimed(cluster, 2, kept=False).address
     except BaseException:
         print(" failed", flush=True)
+        _leave(cluster.name, "")
         raise
     print(f" up in {time.monotonic() - begun:.0f} s", flush=True)
     try:
-        yield state.address, True
+        yield address, True
     finally:
-        stop(cluster.name)
+        _leave(cluster.name, address)

@@ -81,6 +81,7 @@ from gosok.launcher.ranks.workers import (
     alive_nodes,
     check_cluster,
     slots_of,
+    wait_placed,
 )
 
 NAMESPACE = "gosok"
@@ -585,13 +586,7 @@ class WarmRanks:
             bundle_label_selector=selector,
         )
         early = self._prepare_known_nodes()
-        try:
-            ray.get(self.pg.ready(), timeout=min(self.timeout_s, 120))
-        except GetTimeoutError as err:
-            raise ClusterMismatchError(
-                f"could not place {cluster.nodes} bundle(s) of {self._bundle()} on distinct "
-                "nodes (slots busy with another job, or too few nodes)"
-            ) from err
+        wait_placed(self.pg, self._bundle(), cluster.nodes, self.timeout_s)
         node_ids = ray.util.placement_group_table(self.pg)["bundles_to_node_id"]
         node_ids = [node_ids[i] for i in range(cluster.nodes)]
         self.timings["placement_group_s"] = time.perf_counter() - started

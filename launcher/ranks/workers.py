@@ -20,6 +20,7 @@ import datetime
 import os
 import socket
 import sys
+import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
@@ -35,6 +36,7 @@ from gosok.launcher.ledger.sampler import SamplingSlot
 from gosok.launcher.ranks.plan import NodeSlot, Plan, backend_for, make_plan
 
 NODE_ID_LABEL = "ray.io/node-id"
+PLACEMENT_POLL_S = 2.0
 
 
 @dataclass
@@ -217,6 +219,44 @@ def check_cluster(cluster: Any, backend: str, exclude_node_ids: tuple[str, ...] 
         )
 
 
+def _held_by_others(bundle: dict[str, float]) -> tuple[float, float] | None:
+    """(free, total) of the bundle's resource when part of it is held (by another job);
+    None when all of it is free."""
+    (key,) = bundle
+    total = ray.cluster_resources().get(key, 0.0)
+    free = ray.available_resources().get(key, 0.0)
+    return (free, total) if free < total else None
+
+
+def wait_placed(pg: Any, bundle: dict[str, float], nodes: int, timeout_s: float) -> None:
+    """Wait until the placement group is placed. While slots are held by another job (a
+    second command on the same cluster), wait for them and say so once, as Slurm's srun
+    does ("queued and waiting for resources"); a group that stays unplaced although every
+    slot is free is refused after ``timeout_s`` (the request does not fit)."""
+    ready = pg.ready()
+    deadline = time.monotonic() + min(timeout_s, 120)
+    said = False
+    while not ray.wait([ready], timeout=PLACEMENT_POLL_S)[0]:
+        held = _held_by_others(bundle)
+        if held is not None:
+            deadline = time.monotonic() + min(timeout_s, 120)
+            if not said:
+                key, per_node = next(iter(bundle.items()))
+                print(
+                    f"waiting for resources: {nodes} node(s) x {per_node:g} {key}; another "
+                    f"job holds {held[1] - held[0]:g} of the cluster's {held[1]:g} ...",
+                    flush=True,
+                )
+                said = True
+        elif time.monotonic() > deadline:
+            raise ClusterMismatchError(
+                f"could not place {nodes} bundle(s) of {bundle} on distinct nodes within "
+                f"{min(timeout_s, 120):g}s although the cluster's slots are free (too few "
+                "nodes that fit, or the nodes it may use are excluded)"
+            )
+    ray.get(ready)
+
+
 class WorkerGroup:
     """A placement group + one actor per rank + initialised process groups."""
 
@@ -287,13 +327,7 @@ class WorkerGroup:
             strategy="STRICT_SPREAD",
             bundle_label_selector=selector,
         )
-        try:
-            ray.get(self.pg.ready(), timeout=min(self.timeout_s, 120))
-        except GetTimeoutError as err:
-            raise ClusterMismatchError(
-                f"could not place {cluster.nodes} bundle(s) of {self._bundle()} on distinct "
-                "nodes (slots busy with another job, or too few nodes)"
-            ) from err
+        wait_placed(self.pg, self._bundle(), cluster.nodes, self.timeout_s)
         bundle_nodes = ray.util.placement_group_table(self.pg)["bundles_to_node_id"]
         per_node = cluster.gpus_per_node
         for node_rank in range(cluster.nodes):
