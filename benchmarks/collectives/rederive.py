@@ -84,6 +84,9 @@ def _collectives(r: Rederivation) -> None:
 
     doc = r.doc
     assert doc is not None
+    if doc.get("source") == "nccl-tests":
+        _from_nccl_tests(r, doc)
+        return
     bench = as_dict(doc["config"]["bench"], "config.bench")
     records = as_list(doc["records"], "records")
     for index, record in enumerate(records):
@@ -110,6 +113,24 @@ def _collectives(r: Rederivation) -> None:
     for key, value in derived.items():
         r.same(f"summary.{key}", summary.get(key), value)
     summary.update(derived)
+
+
+def _from_nccl_tests(r: Rederivation, doc: dict[str, Any]) -> None:
+    """A file nccl-tests wrote, signed by gosok (``report sign``): every figure is derived
+    again from the nccl-tests document it carries verbatim (``nccl_tests``), as when that
+    file is read directly."""
+    from gosok.benchmarks.collectives.nccl_tests import as_results
+
+    raw = as_dict(doc.get("nccl_tests"), "nccl_tests")
+    try:
+        derived, problems = as_results(raw, str(doc["config"]["cluster"].get("name") or ""))
+    except (ValueError, KeyError, TypeError, AttributeError) as err:
+        require(False, f"nccl_tests: an nccl-tests document gosok cannot read: {err}")
+        return
+    r.problems += [f"nccl_tests: {line}" for line in problems]
+    for key in ("records", "summary"):
+        r.same(f"{key} (from the nccl-tests document)", doc.get(key), derived[key])
+        doc[key] = derived[key]
 
 
 rederive_collectives = Rederiver("collectives", _collectives)

@@ -6,7 +6,8 @@
   aspect (seal, signature, nonce, figures); exit 0 only when every aspect checked passes.
   Without ``--public-key`` the signature is not checked, and the output says so.
 - ``gosok report sign RESULTS --key KEY``: sign an existing file in place; refused (exit 1)
-  when its seal is broken or its figures do not re-derive from its raw data.
+  when its seal is broken or its figures do not re-derive from its raw data. A file
+  nccl-tests wrote gets a signed gosok copy carrying it (``RESULTS.gosok.json`` or ``--out``).
 - ``gosok report compare A B [--tolerance 0.05] [--out MD] [--allow-different-gpus]``:
   what changed between two runs of the same kind and GPU type (re-derived figures).
 - ``gosok report audit FILES... --out-dir DIR [--public-key PUB ...] [--nonce N ...]``:
@@ -23,6 +24,8 @@ import argparse
 import json
 import math
 import sys
+import time
+from hashlib import sha256
 from pathlib import Path
 from typing import Any
 
@@ -42,7 +45,7 @@ SUBCOMMANDS = ("verify", "sign", "compare", "audit")
 USAGE = """usage: gosok report RESULTS [--plot PNG] [--out-dir DIR] [--stragglers]
        gosok report verify RESULTS... [--public-key PUB ...] [--nonce N ...] [--allow-unsigned]
        gosok report verify RESULTS... --registry REGISTRY.yaml
-       gosok report sign RESULTS --key KEY
+       gosok report sign RESULTS --key KEY [--out PATH]
        gosok report compare BASELINE CANDIDATE [--tolerance 0.05] [--out MD]
                                                [--allow-different-gpus]
        gosok report audit RESULTS... --out-dir DIR [--public-key PUB ...] [--nonce N ...]
@@ -123,6 +126,8 @@ def _render(argv: list[str]) -> int:
         return _fail("", str(err))
     except _SealBroken as err:
         return _fail("", str(err), 1)
+    if doc.get("source") == "nccl-tests" and isinstance(doc.get("nccl_tests"), dict):
+        return _render_nccl_tests(args.results, doc["nccl_tests"], args, signed=True)
     record = for_kind(doc["kind"])
     if record is None:
         return _fail("", f"{args.results}: no renderer for results of kind {doc['kind']!r}")
@@ -190,7 +195,9 @@ def _nccl_tests_results(path: str, doc: dict[str, Any]) -> tuple[dict[str, Any],
         raise InputError(f"{path}: an nccl-tests file gosok cannot read: {err}") from None
 
 
-def _render_nccl_tests(path: str, doc: dict[str, Any], args: argparse.Namespace) -> int:
+def _render_nccl_tests(
+    path: str, doc: dict[str, Any], args: argparse.Namespace, signed: bool = False
+) -> int:
     from gosok.benchmarks.collectives.report import plot_busbw, render_table
 
     try:
@@ -199,8 +206,9 @@ def _render_nccl_tests(path: str, doc: dict[str, Any], args: argparse.Namespace)
         return _fail("", str(err))
     print(
         printable(
-            f"{path}: nccl-tests JSON (version {doc['version']}), UNSIGNED; algbw and busbw "
-            "re-derived from its times with gosok's formulas"
+            f"{path}: nccl-tests JSON (version {doc['version']}), "
+            f"{'signed copy (`gosok report verify` checks it)' if signed else 'UNSIGNED'}; "
+            "algbw and busbw re-derived from its times with gosok's formulas"
         )
     )
     for line in problems:
@@ -219,6 +227,42 @@ def _render_nccl_tests(path: str, doc: dict[str, Any], args: argparse.Namespace)
 
 
 # --- verify and sign ------------------------------------------------------------------------
+
+
+def _sign_nccl_tests(args: argparse.Namespace, nccl: dict[str, Any], key: Any) -> int:
+    """Sign a file nccl-tests wrote: a gosok results file (``<file>.gosok.json`` unless
+    ``--out``) holding the nccl-tests document verbatim, its figures re-derived from it, and
+    its sha256, sealed and signed. The original is left as nccl-tests wrote it."""
+    from gosok.launcher.results.signing import fingerprint, sign_doc
+    from gosok.launcher.results.store import SCHEMA, write_results
+
+    try:
+        results, problems = _nccl_tests_results(args.results, nccl)
+    except InputError as err:
+        return _fail(" sign", str(err))
+    if problems:
+        return _fail(
+            " sign",
+            f"refusing to sign {args.results}: its figures do not re-derive from its times "
+            f"({len(problems)} reason(s), e.g. {problems[0]})",
+            1,
+        )
+    raw = Path(args.results).read_bytes()
+    results = json.loads(json.dumps(results))  # as it will read back (rank keys as strings)
+    doc = {
+        **results,
+        "nccl_tests": nccl,
+        "nccl_tests_file": {"name": Path(args.results).name, "sha256": sha256(raw).hexdigest()},
+        "schema": SCHEMA,
+        "created_unix": time.time(),
+    }
+    out = Path(args.out or f"{args.results}.gosok.json")
+    try:
+        write_results(out, sign_doc(doc, key))
+    except (OSError, ValueError) as err:
+        return _fail(" sign", f"{out}: {err}")
+    print(f"signed {args.results} (nccl-tests) with {fingerprint(key)}: {out}")
+    return 0
 
 
 def _trust_options(parser: argparse.ArgumentParser) -> None:
@@ -319,6 +363,9 @@ def _sign(argv: list[str]) -> int:
     parser = _Parser(prog="gosok report sign", usage=PARSER_USAGE)
     parser.add_argument("results")
     parser.add_argument("--key", required=True, metavar="KEY")
+    parser.add_argument(
+        "--out", metavar="PATH", help="a file nccl-tests wrote: where its signed copy goes"
+    )
     args = parser.parse_args(argv)
     try:
         key = load_private_key(args.key)
@@ -327,7 +374,10 @@ def _sign(argv: list[str]) -> int:
     try:
         doc = _loaded(args.results, "sign")
     except InputError as err:
-        return _fail(" sign", str(err))
+        nccl = _nccl_tests_input(args.results)
+        if nccl is None:
+            return _fail(" sign", str(err))
+        return _sign_nccl_tests(args, nccl, key)
     except _SealBroken as err:
         return _fail(" sign", str(err), 1)
     result = rederive_doc(doc)
@@ -436,7 +486,7 @@ def _compare(argv: list[str]) -> int:
         return _fail(" compare", f"no comparison for results of kind {a['kind']!r}")
     results = []
     for path, doc in ((args.baseline, a), (args.candidate, b)):
-        if doc.get("source") == "nccl-tests":  # re-derived as it was read
+        if doc.get("source") == "nccl-tests" and "sha256" not in doc:  # derived as read
             mine = [p for p in problems if path in p]
             results.append(Rederivation("collectives", doc, problems=mine))
             continue

@@ -175,3 +175,35 @@ def test_audit_takes_nccl_tests_files_labelled_and_unsigned(tmp_path, capsys) ->
     )
     assert "written by nccl-tests: no seal and no signature" in row
     assert "2026-07-10" in row and "h100_sxm" in row
+
+
+def test_a_provider_signs_an_nccl_tests_file_and_it_verifies(tmp_path, capsys) -> None:
+    """``report sign`` on a file nccl-tests wrote: a signed gosok file carrying it verbatim,
+    which verifies (figures re-derived from the nccl-tests document); one whose carried
+    document was edited after signing, or whose times were bent before it, does not."""
+    from gosok.launcher.results.signing import new_keypair
+    from gosok.launcher.results.store import load_results, write_results
+
+    private, public = new_keypair(tmp_path / "provider")
+    original = tmp_path / "all_reduce.json"
+    original.write_bytes(EXAMPLE.read_bytes())
+    assert run_report_command(["sign", str(original), "--key", str(private)]) == 0
+    signed = Path(f"{original}.gosok.json")
+    assert f"{signed}" in capsys.readouterr().out
+    assert original.read_bytes() == EXAMPLE.read_bytes()  # left as nccl-tests wrote it
+    doc = load_results(signed)
+    assert doc["nccl_tests"] == json.loads(EXAMPLE.read_text()) and doc["signature"]
+    assert run_report_command(["verify", str(signed), "--public-key", str(public)]) == 0
+    assert "VERIFIED" in capsys.readouterr().out
+    assert run_report_command([str(signed)]) == 0 and "29.778" in capsys.readouterr().out
+    # The carried document bent after signing, re-sealed: the signature no longer holds.
+    doc["nccl_tests"]["results"][1]["in_place"]["time"] /= 2
+    write_results(signed, doc)
+    assert run_report_command(["verify", str(signed), "--public-key", str(public)]) == 1
+    capsys.readouterr()
+    # A file whose stored busbw does not follow its times is not signed.
+    forged = json.loads(EXAMPLE.read_text())
+    forged["results"][1]["in_place"]["bus_bw"] = 99.0
+    original.write_text(dumps(forged))
+    assert run_report_command(["sign", str(original), "--key", str(private)]) == 1
+    assert "do not re-derive" in capsys.readouterr().err
