@@ -83,6 +83,14 @@ class NetnsNetwork:
         """The nodes' /etc/hosts: every node's name resolves to its IP (as cluster DNS)."""
         return HOSTS_DIR / f"{self.tag}.hosts"
 
+    @property
+    def resolv_file(self) -> Path:
+        """The nodes' /etc/resolv.conf: no DNS server is reachable from a node's network, so
+        none is named and a lookup /etc/hosts cannot answer fails at once (torch's c10d
+        looks up the name of every store connection: with the machine's resolver it waits
+        out the DNS timeout, 10 s, on each rank)."""
+        return HOSTS_DIR / f"{self.tag}.resolv"
+
     def create(self) -> None:
         self.destroy()
         import socket
@@ -93,6 +101,7 @@ class NetnsNetwork:
             "\n".join(["127.0.0.1 localhost", f"{self.head_ip} {socket.gethostname()}", *names])
             + "\n"
         )
+        self.resolv_file.write_text("# names come from /etc/hosts\noptions timeout:1 attempts:1\n")
         _ip("link", "add", self.bridge, "type", "bridge")
         _ip("addr", "add", f"{self.head_ip}/24", "dev", self.bridge)
         _ip("link", "set", self.bridge, "up")
@@ -122,6 +131,8 @@ class NetnsNetwork:
         steps = [f"hostname {shlex.quote(self.hostname(index))}", "mkdir -p /run/gosok"]
         if self.hosts_file.exists():
             steps.append(f"mount --bind {shlex.quote(str(self.hosts_file))} /etc/hosts")
+        if self.resolv_file.exists():
+            steps.append(f"mount --bind {shlex.quote(str(self.resolv_file))} /etc/resolv.conf")
         for i, path in enumerate(kept):
             steps += [f"k{i}=$(mktemp -d /run/gosok/keep.XXXXXX)",
                       f"mount --rbind {shlex.quote(str(path))} $k{i}"]  # fmt: skip
@@ -149,6 +160,7 @@ class NetnsNetwork:
             _ip("link", "del", f"{self.tag}-v{index}", check=False)
         _ip("link", "del", self.bridge, check=False)
         self.hosts_file.unlink(missing_ok=True)
+        self.resolv_file.unlink(missing_ok=True)
 
 
 def _outermost(paths: list[Path]) -> list[Path]:

@@ -42,13 +42,20 @@ def shared_storage_problem(directory: Path, timeout_s: float = 60.0) -> str | No
             ).remote(str(path))
             for n in nodes
         ]
-        seen = ray.get(refs, timeout=timeout_s)
+        ray.wait(refs, num_returns=len(refs), timeout=timeout_s)
+        seen: list[str | None] = []
+        for ref in refs:
+            try:
+                seen.append(ray.get(ref, timeout=0))
+            except ray.exceptions.RayError:
+                seen.append(None)
+        alive = {n["NodeID"] for n in ray.nodes() if n["Alive"]}
     finally:
         path.unlink(missing_ok=True)
     blind = [
         f"{n['NodeManagerAddress']} ({n['NodeID'][:12]})"
         for n, got in zip(nodes, seen, strict=True)
-        if got != token
+        if got != token and n["NodeID"] in alive  # a node that died meanwhile is not asked
     ]
     if blind:
         return (

@@ -393,18 +393,22 @@ class Supervisor:
             return outcome
 
     def _root_cause(self, group: LaunchRanks, watch: GroupWatch, verdict: Verdict) -> Verdict:
-        """A lost node makes its peers fail fast with connection errors: look again for a
-        short while so the root cause (the lost node) wins over its symptoms."""
+        """A lost node makes its peers fail fast with connection errors: before blaming the
+        first rank that exited, hear from every node once more (a node that does not answer
+        within ``EXIT_GRACE_S`` may be the lost root cause, which then wins)."""
         deadline = time.monotonic() + EXIT_GRACE_S
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
+        heard: set[int] = set()
+        while time.monotonic() < deadline and len(heard) < len(watch.nodes):
             reports, dead = group.poll(0.0, 1.0)
             self._record_output(reports, self.spec.log_root / f"attempt-{len(self.attempts)}")
             if dead:
                 return Verdict("lost", lost=dead)
+            heard.update(reports)
             later = watch.observe(reports, {}, time.monotonic())
             if later is not None and later.kind == "exit":
                 verdict = later
+            if len(heard) < len(watch.nodes):
+                time.sleep(0.1)
         return verdict
 
     def _spawn_failed(

@@ -154,6 +154,7 @@ class _Attempt:
     saves: int = 0
     checkpoint_s: float = 0.0
     leaders: dict[str, Any] = field(default_factory=dict)  # node label -> actor handle
+    node_ids: dict[str, str] = field(default_factory=dict)  # node label -> Ray node id
     sampling: bool = False
     stopped: bool = False
     last_drain: float = 0.0
@@ -282,6 +283,12 @@ class LaunchRecorder:
             state = self._attempt
             if state is None or state.number != outcome.attempt:
                 state = _Attempt(outcome.attempt, outcome.started_unix or time.time())
+            lost = set(outcome.failed_node_ids)  # their samples went with them: no waiting
+            state.pending = {
+                ref: label
+                for ref, label in state.pending.items()
+                if state.node_ids.get(label) not in lost
+            }
             self._collect(state, wait_s=COLLECT_TIMEOUT_S)
             last_step = outcome.last_step if outcome.last_step is not None else state.last_step
             first = state.first_step_unix or outcome.first_beat_unix
@@ -424,6 +431,7 @@ class LaunchRecorder:
                 except TypeError:  # a node side without ``pids``: it measures the whole host
                     actor.start_sampler.remote(self.interval_s, label, self.cluster_name, "")
                 state.leaders[label] = actor
+                state.node_ids[label] = str(node_of[rank])
             state.last_drain = now
         self._collect(state, wait_s=0.0)
         if state.stopped or not state.leaders:

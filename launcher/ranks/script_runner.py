@@ -24,10 +24,12 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import errno
 import faulthandler
 import hashlib
 import os
 import runpy
+import shutil
 import signal
 import subprocess
 import sys
@@ -155,12 +157,15 @@ def spawn_rank(
     server: Any = None,
     base_env: dict[str, str] | None = None,
     on_exit: Callable[[], None] | None = None,
+    execute: bool = False,
 ) -> dict[str, Any]:
     """Start this rank's child: a fresh ``Popen`` of ``spec["argv"]``, or, with ``server``
-    (a ``warm.ServerHandle``), a fork of it running the same script. spec: argv, env
-    (job-wide), rank_env (per rank), cwd, log_dir, tee_ranks, profile. ``base_env``
-    (default: this process's) is what the job's env is laid over; ``on_exit`` is called
-    from a thread when the child has ended."""
+    (a ``warm.ServerHandle``), a fork of it running the same script, or with ``execute``
+    too, a fork of it that executes ``spec["argv"]`` (a fresh interpreter whose parent,
+    the server, started from a scrubbed environment). spec: argv, env (job-wide), rank_env
+    (per rank), cwd, log_dir, tee_ranks, profile. ``base_env`` (default: this process's) is
+    what the job's env is laid over; ``on_exit`` is called from a thread when the child
+    has ended."""
     files = rank_files(spec["log_dir"], ctx.rank)
     argv, cwd = shipped(spec)
     for key in ("log", "beat", "stack", "marks", "progress", "error"):
@@ -197,6 +202,15 @@ def spawn_rank(
             process_group=0,
         )
         log.close()
+    elif execute:
+        program = argv[0] if os.sep in argv[0] else shutil.which(argv[0]) or argv[0]
+        found, runnable = os.path.isfile(program), os.access(program, os.X_OK)
+        for ok, code in ((found, errno.ENOENT), (runnable, errno.EACCES)):
+            if not ok:  # as Popen says it (FileNotFoundError, PermissionError), unforked
+                raise OSError(code, os.strerror(code), argv[0])
+        proc = server.spawn(
+            [program, *argv[1:]], env, cwd, files["log"], stack_file=files["stack"], execute=True
+        )
     else:
         script = script_argv(argv)
         if script is None:
@@ -226,7 +240,7 @@ def spawn_rank(
         "pid": proc.pid,
         "node_id": ctx.node_id,
         "actor_pid": os.getpid(),
-        "start": "fresh" if server is None else "warm",
+        "start": "fresh" if server is None or execute else "warm",
     }
 
 

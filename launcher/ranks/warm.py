@@ -424,14 +424,18 @@ class ServerHandle:
         stdout_path: str,
         stack_file: str | None = None,
         die_with_caller: bool = True,
+        execute: bool = False,
     ) -> WarmChild:
         """Fork a rank running ``argv`` (``[script, args...]`` or ``["--module", name,
         args...]``) with exactly ``env``, in ``cwd``, stdout+stderr appended to
-        ``stdout_path`` (relative paths are taken from ``cwd``)."""
+        ``stdout_path`` (relative paths are taken from ``cwd``). ``execute``: the child
+        replaces itself with the program ``argv`` names (a fresh interpreter, a parent
+        whose starting environment is this server's scrubbed one)."""
         argv = [str(a) for a in argv]
         reply = self.request(
             {
                 "op": "spawn",
+                "exec": bool(execute),
                 "argv": argv,
                 "env": {str(k): str(v) for k, v in env.items()},
                 "cwd": os.fspath(cwd),
@@ -913,8 +917,9 @@ class WarmServer:
             raise _Refused("stdout_path is required")
         if stack_file is not None and not isinstance(stack_file, str):
             raise _Refused("stack_file must be a path or null")
+        execute = bool(message.get("exec"))
         differ = [k for k in STARTUP_ENV_KEYS if env.get(k) != self._startup_env.get(k)]
-        if differ:
+        if differ and not execute:
             raise _Refused(
                 f"env differs from the warm server's in {', '.join(differ)}, which are fixed "
                 "when an interpreter starts; start this rank cold or restart the server"
@@ -950,7 +955,7 @@ class WarmServer:
                 signal.pthread_sigmask(signal.SIG_SETMASK, mask)
             if pid == 0:
                 try:
-                    self._become_child(out_fd, argv, env, cwd, stack_file)
+                    self._become_child(out_fd, argv, env, cwd, stack_file, execute)
                 finally:
                     os._exit(1)  # backstop: _become_child always exits by itself
         finally:
@@ -1045,7 +1050,13 @@ class WarmServer:
     # -- in the forked child
 
     def _become_child(
-        self, out_fd: int, argv: list[str], env: dict[str, str], cwd: str, stack: str | None
+        self,
+        out_fd: int,
+        argv: list[str],
+        env: dict[str, str],
+        cwd: str,
+        stack: str | None,
+        execute: bool = False,
     ) -> None:
         try:
             os.setpgid(0, 0)
@@ -1063,6 +1074,12 @@ class WarmServer:
             os.chdir(cwd)
             os.environ.clear()
             os.environ.update(env)
+            if execute:
+                os.execve(argv[0], argv, env)
+        except OSError as exc:
+            with contextlib.suppress(Exception):
+                os.write(2, f"cannot start {argv[0]}: {exc}\n".encode())
+            os._exit(127)
         except BaseException:  # noqa: BLE001
             with contextlib.suppress(Exception):
                 os.write(2, traceback.format_exc().encode())

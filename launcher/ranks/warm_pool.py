@@ -86,7 +86,7 @@ from gosok.launcher.ranks.workers import (
 
 NAMESPACE = "gosok"
 HOLDER_PREFIX = "gosok-warm-"
-HOLDER_VERSION = 4
+HOLDER_VERSION = 5
 HOLDER_CONCURRENCY = 32
 WATCH_EVERY_S = 1.0
 LEASE_S = 60.0  # a job whose driver is silent this long is killed (backstop of the PG check)
@@ -117,6 +117,10 @@ class WarmNeeds:
     def for_job(cls, argv: list[str], env: dict[str, str], preload: tuple[str, ...]) -> WarmNeeds:
         import_env = tuple(sorted((k, env[k]) for k in IMPORT_ENV_KEYS if k in env))
         return cls(tuple(preload), import_env, argv[0] if argv else sys.executable)
+
+
+# The server that starts fresh ranks: nothing preloaded, it forks and executes them.
+LAUNCHER = WarmNeeds(preload=())
 
 
 def holder_name(node_id: str) -> str:
@@ -212,8 +216,12 @@ class WarmHolder:
         return {**facts, **self._prepare(needs, job_env)}
 
     def _prepare(self, needs: WarmNeeds, job_env: dict[str, str]) -> dict[str, Any]:
-        if needs.fresh:  # nothing to prepare: each rank is a new interpreter
-            return {"ok": True, "reason": "", "seconds": 0.0, "started": False, "pid": None}
+        if needs.fresh:  # each rank is a new interpreter, executed by the launching server
+            started = time.monotonic()
+            with contextlib.suppress(warm.WarmServerError):
+                self._server_for(LAUNCHER)
+            return {"ok": True, "reason": "", "seconds": time.monotonic() - started,
+                    "started": False, "pid": None}  # fmt: skip
         if needs.python != sys.executable:
             return self._no(
                 f"job.python={needs.python} is not the warm server's interpreter ({sys.executable})"
@@ -343,12 +351,13 @@ class WarmHolder:
         torchrun env); ``spec`` as for ``script_runner.spawn_rank``. A fresh rank that
         cannot start answers ``failed`` (its rank, the error's type and text)."""
         handle = None
-        if not needs.fresh:
-            server = self._servers.get((tuple(needs.preload), tuple(needs.import_env)))
-            if server is None:
-                return self._no("the warm server for this job is gone (prepare first)")
+        wanted = LAUNCHER if needs.fresh else needs
+        server = self._servers.get((tuple(wanted.preload), tuple(wanted.import_env)))
+        if server is not None:
             server.last_used = time.monotonic()
             handle = server.handle
+        elif not needs.fresh:
+            return self._no("the warm server for this job is gone (prepare first)")
         with self._lock:
             job = self._jobs.setdefault(job_key, _Job(job_key, pg))
             job.last_seen = time.monotonic()
@@ -359,11 +368,13 @@ class WarmHolder:
             base.update(item["env"])
             base["RAY_JOB_ID"] = ray_job_id
             start = functools.partial(
-                script_runner.spawn_rank, slot, spec, handle, base, job.wake.set
+                script_runner.spawn_rank, slot, spec, handle, base, job.wake.set, needs.fresh
             )
             try:
-                # A fresh rank dies with the thread that started it (PR_SET_PDEATHSIG):
-                # one thread that lives as long as this holder starts them all.
+                # A rank Popen'd here dies with the thread that started it
+                # (PR_SET_PDEATHSIG): one thread that lives as long as this holder starts
+                # them all. That is the fallback for fresh ranks when the launching server
+                # is not up; they then see this holder's environment as their parent's.
                 info = start() if handle else self._spawner.submit(start).result()
             except (OSError, ValueError, warm.WarmServerError) as err:
                 self.stop_job(job_key, grace_s=0.0)
@@ -560,6 +571,7 @@ class WarmRanks:
         self.servers_started = 0
         self._spawned = False
         self._asking: dict[Any, int] = {}  # report requests out: ref -> node rank
+        self._gone: set[int] = set()  # node ranks whose holder is gone
 
     @property
     def mode(self) -> str:
@@ -716,9 +728,11 @@ class WarmRanks:
         assert self.plan is not None
         asked = set(self._asking.values())
         for index, holder in enumerate(self.holders):
-            if index not in asked:
+            if index not in asked and index not in self._gone:
                 self._asking[holder.report.remote(self.job_key, wait_s)] = index
         refs = list(self._asking)
+        if not refs:
+            return {}, {}
         ready, _ = ray.wait(refs, num_returns=len(refs), timeout=wait_s + report_timeout_s)
         reports: dict[int, dict] = {}
         dead: dict[int, str] = {}
@@ -733,6 +747,7 @@ class WarmRanks:
                 dead[index] = "its warm holder no longer knows the job"
             else:
                 reports[index] = report
+        self._gone.update(dead)
         return reports, dead
 
     def _holder_of(self, rank: int) -> Any:
@@ -749,7 +764,11 @@ class WarmRanks:
         if not self._spawned:
             return
         self._spawned = False
-        stops = [h.stop_job.remote(self.job_key, STOP_GRACE_S) for h in self.holders]
+        stops = [
+            h.stop_job.remote(self.job_key, STOP_GRACE_S)
+            for index, h in enumerate(self.holders)
+            if index not in self._gone  # a node found dead would keep the teardown waiting
+        ]
         with contextlib.suppress(Exception):
             ray.wait(stops, num_returns=len(stops), timeout=STOP_GRACE_S + 4)
 

@@ -89,11 +89,13 @@ def launch(run_dir: Path, *overrides: str, timeout: float = 400) -> subprocess.C
                      cwd=run_dir.parent)  # fmt: skip
 
 
-def test_script_in_driver_tmp_runs_on_separate_hosts(hosts, tmp_path):
+@pytest.mark.parametrize("fresh", [False, True], ids=["warm", "fresh"])
+def test_script_in_driver_tmp_runs_on_separate_hosts(hosts, tmp_path, fresh):
     script = tmp_path / "probe.py"
     script.write_text(SCRIPT)
     run_dir = tmp_path / "run"
-    run = launch(run_dir, "job=script", f"job.script={script}", timeout=300)
+    how = ["launch.fresh_process=true"] if fresh else []
+    run = launch(run_dir, "job=script", f"job.script={script}", *how, timeout=300)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     reports = {}
     for rank in range(4):

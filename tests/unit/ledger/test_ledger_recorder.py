@@ -117,6 +117,7 @@ def outcome(attempt, ok, kind, started, ended, last_step, first_beat=None):
         ended_unix=ended,
         last_step=last_step,
         first_beat_unix=first_beat,
+        failed_node_ids=[],
     )
 
 
