@@ -164,15 +164,15 @@ def _guarded(task: Callable[[Any, Any], int], command: str) -> Callable[[Any], N
         for stream in (sys.stdout, sys.stderr):
             if isinstance(stream, secrets.RedactingStream):
                 stream.redactor = redactor
-        cluster = cfg.get("cluster") if hasattr(cfg, "get") else None
-        if cluster is not None and cluster.get("kind") == "local" and cluster.get("name"):
-            from gosok.launcher.cluster.local import use_auth
-
-            use_auth(str(cluster.name))  # before anything imports ray
         console = _console()
         _write_hydra_files(cfg, command)
         restore = _bounded_ctrl_c(console)
         try:
+            cluster = cfg.get("cluster") if hasattr(cfg, "get") else None
+            if cluster is not None and cluster.get("kind") == "local" and cluster.get("name"):
+                from gosok.launcher.cluster.local import use_auth
+
+                use_auth(str(cluster.name))  # before anything imports ray
             from hydra.core.hydra_config import HydraConfig
 
             from gosok.launcher.config.validate import added_key_problems

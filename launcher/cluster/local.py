@@ -112,9 +112,12 @@ def ray_env(name: str) -> dict[str, str]:
 
 
 def state_dir() -> Path:
+    """``$GOSOK_STATE_DIR`` (default ``~/.cache/gosok``), this user's only: checked on every
+    use (``private.own_dir``)."""
+    from gosok.launcher.ranks.private import own_dir
+
     path = Path(os.environ.get("GOSOK_STATE_DIR", Path.home() / ".cache" / "gosok"))
-    path.mkdir(parents=True, exist_ok=True)
-    return path
+    return own_dir(path, hint="or set GOSOK_STATE_DIR to a directory of your own")
 
 
 def free_port(host: str) -> int:

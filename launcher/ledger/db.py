@@ -217,7 +217,11 @@ class _SqliteConnection:
 
     def __init__(self, path: Path | str, timeout_s: float) -> None:
         self.path = path
-        if isinstance(path, Path):
+        if isinstance(path, Path) and path == default_ledger_path():
+            from gosok.launcher.ranks.private import own_dir
+
+            own_dir(path.parent)  # this user's only, checked on every open
+        elif isinstance(path, Path):
             path.parent.mkdir(parents=True, exist_ok=True)
         self.conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None)
         self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")

@@ -7,7 +7,12 @@ with no access for anyone else; one of ours that others could write to is set as
 made afresh; anything else is refused, naming it. Another user who
 creates it first cannot plant code that gosok then runs.
 
-Use: ``path = private_dir(Path("/tmp/gosok-code-1000"))``.
+A directory holding state worth keeping (the state dir with cluster records, tokens and
+checkpoint keys; the default ledger's directory) is checked the same way on every use by
+``own_dir``, but one of ours that others could reach is tightened to 0700 in place, not set
+aside: what it holds is the user's.
+
+Use: ``path = private_dir(Path("/tmp/gosok-code-1000"))``; ``own_dir(state_dir)``.
 """
 
 from __future__ import annotations
@@ -18,12 +23,17 @@ import stat
 import time
 from pathlib import Path
 
-
-class UnsafeDirectoryError(PermissionError):
-    """A per-user directory exists but someone else owns it or can write to it."""
+from gosok.launcher.errors import GosokError
 
 
-def private_dir(path: Path, set_aside: bool = True) -> Path:
+class UnsafeDirectoryError(GosokError, PermissionError):
+    """A per-user directory exists but someone else owns it or can write to it (the CLI
+    prints it without a traceback, exit 1)."""
+
+
+def private_dir(
+    path: Path, set_aside: bool = True, hint: str = "or set TMPDIR to a directory of your own"
+) -> Path:
     """``path`` created 0700 (with missing parents), or checked when it exists. One of ours
     that others could write to (an older gosok made it 0755, or it was loosened) is set
     aside, never trusted: renamed ``<name>.unsafe-<time>`` and made afresh (``set_aside=
@@ -42,6 +52,18 @@ def private_dir(path: Path, set_aside: bool = True) -> Path:
         raise UnsafeDirectoryError(
             f"{path} must be a directory owned by uid {os.getuid()} with mode 0700, and it is "
             f"{kind}, mode {oct(stat.S_IMODE(st.st_mode))}: another user may have made it; "
-            "remove it (or set TMPDIR to a directory of your own)"
+            f"remove it ({hint})"
         )
     return path
+
+
+def own_dir(path: Path, hint: str = "or name another directory of your own") -> Path:
+    """``path`` created 0700, or checked when it exists; one of ours (not a symlink) that
+    others could reach, as an older gosok left it, is tightened to 0700; anything else is
+    refused (``UnsafeDirectoryError`` naming it)."""
+    if not os.path.lexists(path):
+        path.mkdir(mode=0o700, parents=True, exist_ok=True)
+    st = os.lstat(path)
+    if stat.S_ISDIR(st.st_mode) and st.st_uid == os.getuid() and st.st_mode & 0o077:
+        os.chmod(path, 0o700)
+    return private_dir(path, set_aside=False, hint=hint)

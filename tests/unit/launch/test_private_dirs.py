@@ -51,3 +51,22 @@ def test_the_code_cache_never_uses_planted_code(tmp_path, monkeypatch):
     os.chmod(planted, 0o777)
     root = shipping.cache_root()
     assert root == planted and not (root / "abc").exists()
+
+
+def test_the_state_dir_is_checked_on_every_use(tmp_path, monkeypatch):
+    """The state dir holds cluster records, tokens and checkpoint keys: made 0700, one of
+    ours left open by an older gosok is tightened (its contents kept), a symlink refused."""
+    from gosok.launcher.cluster.local import state_dir
+
+    state = tmp_path / "state"
+    monkeypatch.setenv("GOSOK_STATE_DIR", str(state))
+    assert state_dir() == state and state.stat().st_mode & 0o777 == 0o700
+    (state / "checkpoint_key").write_text("kept")
+    os.chmod(state, 0o755)
+    assert state_dir() == state and state.stat().st_mode & 0o777 == 0o700
+    assert (state / "checkpoint_key").read_text() == "kept"
+    link = tmp_path / "link"
+    link.symlink_to(state)
+    monkeypatch.setenv("GOSOK_STATE_DIR", str(link))
+    with pytest.raises(UnsafeDirectoryError, match="link"):
+        state_dir()
