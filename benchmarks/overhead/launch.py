@@ -26,15 +26,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from importlib import metadata
 from pathlib import Path
-from typing import Any
 
 from omegaconf import OmegaConf
 
+from gosok.benchmarks.overhead.rounds import alternate, facts, medians_and_ratios, print_table
 from gosok.launcher.cluster import local as local_cluster
 from gosok.launcher.config.schema import ClusterConfig
-from gosok.launcher.ranks.fingerprint import driver_fingerprint
 from gosok.launcher.results.store import write_results
 
 SCRIPT = """
@@ -90,16 +88,6 @@ def cli_seconds(cmd: list[str], cwd: Path, expect: int, runs: int = 5) -> float:
     return statistics.median(times)
 
 
-def versions() -> dict[str, Any]:
-    found = {}
-    for name in ("gosok", "torch", "ray", "hydra-core", "omegaconf", "deepspeed"):
-        try:
-            found[name] = metadata.version(name)
-        except metadata.PackageNotFoundError:
-            found[name] = None
-    return found
-
-
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--rounds", type=int, default=5)
@@ -133,7 +121,6 @@ def main(argv: list[str] | None = None) -> int:
                         "launch.fresh_process=true"],
     }  # fmt: skip
     names = list(commands)
-    times: dict[str, dict[str, list[float]]] = {n: {"whole": [], "first_step": []} for n in names}
 
     def one(name: str, index: int) -> dict[str, float]:
         cmd = commands[name]
@@ -142,15 +129,7 @@ def main(argv: list[str] | None = None) -> int:
         return run_timed(cmd, work, env, marker)
 
     try:
-        for name in names:  # untimed: the first launch starts the nodes' warm servers
-            one(name, -1)
-        for index in range(args.rounds):
-            for name in names[index % 3 :] + names[: index % 3]:
-                result = one(name, index)
-                for key, value in result.items():
-                    times[name][key].append(value)
-                print(f"round {index}: {name:<12s} whole {result['whole']:6.2f} s  "
-                      f"first step {result['first_step']:6.2f} s", flush=True)  # fmt: skip
+        times = alternate(names, args.rounds, one, ("whole", "first_step"))
         cli = {
             "help_s": cli_seconds([*gosok, "--help"], work, 0),
             "refusal_s": cli_seconds([*gosok, "launch", "job.strategy=bogus"], work, 2),
@@ -158,23 +137,12 @@ def main(argv: list[str] | None = None) -> int:
     finally:
         if started:
             local_cluster.stop(cluster.name)
-    medians = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
-    base = medians["torchrun"]
-    ratios = {
-        n: {k: medians[n][k] / base[k] for k in ("whole", "first_step")}
-        for n in names
-        if n != "torchrun"
-    }
+    medians, ratios = medians_and_ratios(times)
     print(f"ranks: {world} ({args.nodes} node(s) x {args.slots}); rounds: {args.rounds}")
-    print(f"{'':<24s}{'whole':>8s}{'first step':>12s}{'ratio whole':>13s}{'ratio first':>13s}")
-    for name in names:
-        ratio = ratios.get(name, {"whole": 1.0, "first_step": 1.0})
-        print(f"{name:<24s}{medians[name]['whole']:8.2f}{medians[name]['first_step']:12.2f}"
-              f"{ratio['whole']:13.2f}{ratio['first_step']:13.2f}")  # fmt: skip
+    print_table(medians, ratios)
     print(f"gosok --help {cli['help_s']:.2f} s; refused override {cli['refusal_s']:.2f} s")
     print(f"goals: warm whole and first step <= {GOALS['warm_whole_ratio']}x torchrun; "
           f"CLI <= {GOALS['cli_s']} s; fresh no worse than before")  # fmt: skip
-    fingerprint = driver_fingerprint()
     write_results(
         Path(args.out),
         {
@@ -182,18 +150,13 @@ def main(argv: list[str] | None = None) -> int:
             "what": "gosok launch (warm and fresh ranks) vs torchrun --standalone on the same "
             "script and world size, local cluster already up: whole command and command -> "
             "first step; gosok's CLI start-up",
-            "device": "cpu",
-            "cpu_model": fingerprint["cpu_model"],
-            "cpu_count": fingerprint["cpu_count"],
-            "software": {**versions(), "python": fingerprint["python"]},
-            "settings": vars(args),
+            **facts(vars(args)),
             "method": METHOD,
             "seconds": times,
             "median_seconds": medians,
             "ratio_to_torchrun": ratios,
             "cli_seconds": cli,
             "goals": GOALS,
-            "env": fingerprint,
         },
     )
     print(f"results: {args.out}")

@@ -39,11 +39,10 @@ from pathlib import Path
 
 from omegaconf import OmegaConf
 
-from gosok.benchmarks.overhead.launch import versions
+from gosok.benchmarks.overhead.rounds import alternate, facts, medians_and_ratios, print_table
 from gosok.launcher.cluster import local as local_cluster
 from gosok.launcher.cluster.netns import NetnsNetwork, shared_dir
 from gosok.launcher.config.schema import ClusterConfig
-from gosok.launcher.ranks.fingerprint import driver_fingerprint
 from gosok.launcher.results.store import write_results
 
 SCRIPT = """
@@ -209,8 +208,6 @@ def main(argv: list[str] | None = None) -> int:
         "gosok_fresh": [*gosok, "launch.fresh_process=true"],
     }  # fmt: skip
     names = list(commands)
-    times: dict[str, dict[str, list[float]]] = {n: {"recovery": [], "whole": []} for n in names}
-
     torchrun_env = {**env, "TORCH_DISABLE_SHARE_RDZV_TCP_STORE": "1"}
 
     def one(name: str, index: int) -> dict[str, float]:
@@ -221,33 +218,14 @@ def main(argv: list[str] | None = None) -> int:
         return run_recovery(cmd, work, env, work)
 
     try:
-        for name in names:  # untimed: the first launch starts the nodes' warm servers
-            one(name, -1)
-        for index in range(args.rounds):
-            for name in names[index % 3 :] + names[: index % 3]:
-                result = one(name, index)
-                for key, value in result.items():
-                    times[name][key].append(value)
-                print(f"round {index}: {name:<12s} recovery {result['recovery']:6.2f} s  "
-                      f"whole {result['whole']:6.2f} s", flush=True)  # fmt: skip
+        times = alternate(names, args.rounds, one, ("recovery", "whole"))
     finally:
         if started:
             local_cluster.stop(cluster.name)
-    medians = {n: {k: statistics.median(v) for k, v in t.items()} for n, t in times.items()}
-    base = medians["torchrun"]
-    ratios = {
-        n: {k: medians[n][k] / base[k] for k in ("recovery", "whole")}
-        for n in names
-        if n != "torchrun"
-    }
+    medians, ratios = medians_and_ratios(times)
     print(f"ranks: {world} ({args.nodes} node(s) x {args.slots}); rounds: {args.rounds}")
-    print(f"{'':<16s}{'recovery':>10s}{'whole':>8s}{'ratio recovery':>16s}{'ratio whole':>13s}")
-    for name in names:
-        ratio = ratios.get(name, {"recovery": 1.0, "whole": 1.0})
-        print(f"{name:<16s}{medians[name]['recovery']:10.2f}{medians[name]['whole']:8.2f}"
-              f"{ratio['recovery']:16.2f}{ratio['whole']:13.2f}")  # fmt: skip
+    print_table(medians, ratios)
     print(f"goal: gosok's recovery <= {GOAL}x torchrun's")
-    fingerprint = driver_fingerprint()
     write_results(
         Path(args.out),
         {
@@ -255,17 +233,12 @@ def main(argv: list[str] | None = None) -> int:
             "what": "recovery after rank 1 exits 1 at a step of the first attempt: gosok "
             "launch (warm and fresh ranks) vs torchrun --standalone --max-restarts 1 on the "
             "same script and world size, local cluster already up",
-            "device": "cpu",
-            "cpu_model": fingerprint["cpu_model"],
-            "cpu_count": fingerprint["cpu_count"],
-            "software": {**versions(), "python": fingerprint["python"]},
-            "settings": vars(args),
+            **facts(vars(args)),
             "method": METHOD,
             "seconds": times,
             "median_seconds": medians,
             "ratio_to_torchrun": ratios,
             "goal": GOAL,
-            "env": fingerprint,
         },
     )
     print(f"results: {args.out}")
@@ -281,18 +254,13 @@ def node_loss(args: argparse.Namespace) -> int:
     median = statistics.median(seconds)
     print(f"ranks: {args.nodes * args.slots} ({args.nodes} node(s) x {args.slots}, one spare "
           f"host); rounds: {args.rounds}; median {median:.2f} s")  # fmt: skip
-    fingerprint = driver_fingerprint()
     write_results(
         Path(args.out),
         {
             "kind": "node_loss_recovery",
             "what": "gosok launch (warm ranks) failing over to a spare host after the host "
             "of node rank 1 is killed mid-run; local cluster of netns hosts",
-            "device": "cpu",
-            "cpu_model": fingerprint["cpu_model"],
-            "cpu_count": fingerprint["cpu_count"],
-            "software": {**versions(), "python": fingerprint["python"]},
-            "settings": vars(args),
+            **facts(vars(args)),
             "method": "per round a fresh local cluster of nodes+1 netns hosts (not timed); "
             "rank 0 writes time.time() after step MARK_STEP of the first attempt (steps "
             "sleep 0.2 s); then a worker host running ranks is killed (SIGKILL to every "
@@ -300,7 +268,6 @@ def node_loss(args: argparse.Namespace) -> int:
             "after the next attempt's first step minus that; median over rounds",
             "seconds": seconds,
             "median_seconds": median,
-            "env": fingerprint,
         },
     )
     print(f"results: {args.out}")
