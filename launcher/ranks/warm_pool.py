@@ -121,6 +121,7 @@ class WarmNeeds:
 
 # The server that starts fresh ranks: nothing preloaded, it forks and executes them.
 LAUNCHER = WarmNeeds(preload=())
+LAUNCHER_KEY = (LAUNCHER.preload, LAUNCHER.import_env)
 
 
 def holder_name(node_id: str) -> str:
@@ -268,7 +269,7 @@ class WarmHolder:
             failed = self._failed.get(key)
             if failed is not None and failed[0] == fingerprint:
                 raise warm.WarmServerError(failed[1])
-            self._evict()
+            self._evict(key)
             try:
                 server = self._start(key, needs, fingerprint)
             except warm.WarmServerError as err:
@@ -319,9 +320,16 @@ class WarmHolder:
         else:
             self._starter.submit(server.handle.stop, 1.0)
 
-    def _evict(self) -> None:
-        while len(self._servers) >= MAX_SERVERS:
-            oldest = min(self._servers.values(), key=lambda s: s.last_used)
+    def _evict(self, key: tuple) -> None:
+        """Make room for the server ``key``: at most MAX_SERVERS with preloads per node (the
+        launching server, nothing preloaded, neither counts nor is evicted)."""
+        if key == LAUNCHER_KEY:
+            return
+        while True:
+            heavy = [s for s in self._servers.values() if s.key != LAUNCHER_KEY]
+            if len(heavy) < MAX_SERVERS:
+                return
+            oldest = min(heavy, key=lambda s: s.last_used)
             self._retire(self._servers.pop(oldest.key))
 
     def stop_servers(self) -> int:
