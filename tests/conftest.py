@@ -76,6 +76,28 @@ def ray_cluster(state_dir):
         local_cluster.stop(cfg.name)
 
 
+@pytest.fixture(scope="session")
+def postgres():
+    """A real PostgreSQL server for the session (see ``tests/postgres_server.py``)."""
+    from tests.postgres_server import PostgresServer
+
+    server = PostgresServer.start()
+    try:
+        yield server
+    finally:
+        server.close()
+
+
+@pytest.fixture
+def pg_url(postgres, request, monkeypatch) -> str:
+    """An empty database of its own on the session's server, the password in PGPASSWORD."""
+    import re
+
+    name = "t_" + re.sub(r"[^a-z0-9]+", "_", request.node.name.lower())[:50]
+    monkeypatch.setenv("PGPASSWORD", postgres.env["PGPASSWORD"])
+    return postgres.fresh_database(f"{name}_{os.getpid()}")
+
+
 def run_gosok(
     *args: str,
     env: dict[str, str] | None = None,

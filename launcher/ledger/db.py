@@ -14,39 +14,42 @@ Use::
         ledger.finish_job("run-17", exit_status="ok", steps=5000, tokens=2.1e10, mfu=0.41)
         ledger.jobs(project="llm")
 
-``Ledger.open(path)`` takes a file path, ``sqlite:///relative/path`` or
+``Ledger.open(path)`` takes a file path, ``sqlite:///relative/path``,
 ``sqlite:////absolute/path`` (SQLAlchemy's spelling, so one URL means the same file
-everywhere). A server URL such as ``postgresql://`` is refused with a ``ValueError``: a
-central ledger needs SQLAlchemy and a driver, which are not built in (see README.md here).
+everywhere) or ``postgresql://user@host:port/database`` (the password from libpq's
+environment, never the URL; see ``backends.py``).
 
-Concurrency: WAL journal, a busy timeout, and write transactions that take the write lock
-up front, so processes wait for each other instead of failing. The file must be on a local
-disk (WAL needs shared memory; NFS is not safe).
+Concurrency: on SQLite, WAL journal, a busy timeout, and write transactions that take the
+write lock up front, so processes on one machine wait for each other instead of failing
+(the file must be on a local disk). On PostgreSQL, writers on many clusters at once.
 
-Schema: ``PRAGMA user_version`` holds the version. An older file is upgraded in place one
-step at a time (``MIGRATIONS``), keeping its rows; a file newer than this code is refused.
-Version 1 had no ``samples``/``sample_aggregates`` tables, no ``jobs.tokens``/``jobs.mfu``,
-no ``attempts.last_step_unix`` and no ``idle_spans.device``.
+Schema: the version lives in ``PRAGMA user_version`` (SQLite) or ``gosok_schema``
+(PostgreSQL). An older ledger is upgraded in place one step at a time (``MIGRATIONS``),
+keeping its rows, under a lock that makes writers starting at once migrate it once; one
+newer than this code is refused. Version 1 had no ``samples``/``sample_aggregates``, no
+``jobs.tokens``/``jobs.mfu``, no ``attempts.last_step_unix``, no ``idle_spans.device``;
+version 2 had no ``allocations`` and no ``applied_ops``.
 
-SQL is parameterised and portable (``:name`` placeholders, ``ON CONFLICT ... DO UPDATE``,
-``DOUBLE PRECISION``); the SQLite-only statements (PRAGMAs, ``BEGIN IMMEDIATE``,
-``sqlite_master``) live in ``_SqliteConnection`` alone.
+``apply(op)`` writes one journaled operation exactly once (``applied_ops`` remembers its
+id): what a writer buffered while the ledger was away can be sent again safely.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import os
-import re
-import sqlite3
 import time
 from collections.abc import Iterable, Iterator, Mapping
 from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
-from urllib.parse import urlsplit, urlunsplit
 
-SCHEMA_VERSION = 2
+from .backends import ServerURL, connect, default_ledger_path, resolve_ledger_path
+
+__all__ = ["Ledger", "ServerURL", "default_ledger_path", "resolve_ledger_path"]
+
+SCHEMA_VERSION = 3
 JOB_KINDS = ("launch", "bench")
 SAMPLE_METRICS = ("gpu_util_pct", "mem_used_bytes", "power_w", "sm_clock_mhz", "cpu_pct")
 
@@ -140,65 +143,43 @@ def _migrate_1_to_2(cur: Any) -> None:
         cur.execute(statement)
 
 
-# MIGRATIONS[n] upgrades a version-n file to version n + 1.
-MIGRATIONS = {1: _migrate_1_to_2}
+_V3_NEW_TABLES = (
+    """CREATE TABLE allocations (
+        allocation_id TEXT PRIMARY KEY,
+        provider TEXT NOT NULL,
+        cluster TEXT NOT NULL,
+        gpu_type TEXT NOT NULL,
+        project TEXT NOT NULL,
+        gpus INTEGER NOT NULL,
+        start_unix DOUBLE PRECISION NOT NULL,
+        end_unix DOUBLE PRECISION NOT NULL,
+        detail TEXT NOT NULL DEFAULT '{}'
+    )""",
+    """CREATE TABLE applied_ops (
+        op_id TEXT PRIMARY KEY,
+        result TEXT,
+        unix DOUBLE PRECISION NOT NULL
+    )""",
+    "CREATE INDEX allocations_time ON allocations (cluster, start_unix)",
+)
+
+
+def _migrate_2_to_3(cur: Any) -> None:
+    for statement in _V3_NEW_TABLES:
+        cur.execute(statement)
+
+
+# MIGRATIONS[n] upgrades a version-n ledger to version n + 1.
+MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
+# What ``apply`` may run, and which of them name a job (its first argument).
+JOURNALED = ("start_job", "record_attempt", "record_event", "finish_job", "add_samples",
+             "add_idle_span", "allocate")  # fmt: skip
+JOB_METHODS = ("start_job", "record_attempt", "record_event", "finish_job")
 
 
 def _create_v1(cur: Any) -> None:
     for statement in V1_DDL:
         cur.execute(statement)
-
-
-_URL_SCHEME = re.compile(r"^([A-Za-z][A-Za-z0-9+.\-]*)://")
-
-
-def default_ledger_path() -> Path:
-    """``$XDG_DATA_HOME/gosok/ledger.sqlite``, else ``~/.local/share/gosok/ledger.sqlite``."""
-    base = os.environ.get("XDG_DATA_HOME") or ""
-    root = Path(base) if os.path.isabs(base) else Path.home() / ".local" / "share"
-    return root / "gosok" / "ledger.sqlite"
-
-
-def _redacted(url: str) -> str:
-    parts = urlsplit(url)
-    if parts.password is None:
-        return url
-    netloc = parts.netloc.replace(f":{parts.password}@", ":***@", 1)
-    return urlunsplit(parts._replace(netloc=netloc))
-
-
-def resolve_ledger_path(value: str | os.PathLike[str] | None) -> Path | str:
-    """The SQLite file a ``ledger.path`` value names (``":memory:"`` passes through).
-
-    ``None`` or ``""`` means the default path. ``sqlite:///x`` is ``x`` relative to the
-    working directory and ``sqlite:////x`` is ``/x``, as in SQLAlchemy. Any other URL
-    scheme raises ``ValueError``.
-    """
-    if value is None or str(value) == "":
-        return default_ledger_path()
-    text = os.fspath(value)
-    match = _URL_SCHEME.match(text)
-    if not match:
-        return text if text == ":memory:" else Path(text).expanduser()
-    scheme = match.group(1).lower()
-    if scheme != "sqlite" and not scheme.startswith("sqlite+"):
-        raise ValueError(
-            f"ledger.path {_redacted(text)!r}: a central {scheme.split('+')[0]} ledger needs "
-            "SQLAlchemy and a database driver, which gosok does not build in; use a local "
-            "SQLite file (a path, sqlite:///relative/path or sqlite:////absolute/path)"
-        )
-    rest = text[match.end() :]
-    if rest == "":
-        return ":memory:"
-    if not rest.startswith("/") or "?" in rest:
-        raise ValueError(
-            f"ledger.path {text!r}: a SQLite URL is sqlite:///relative/path or "
-            "sqlite:////absolute/path, without a host or ?query"
-        )
-    rest = rest[1:]
-    if rest in ("", ":memory:"):
-        return ":memory:"
-    return Path(rest).expanduser()
 
 
 def _json(value: Mapping[str, Any] | None) -> str:
@@ -212,77 +193,36 @@ def _row(cur: Any, raw: tuple) -> dict[str, Any]:
     return row
 
 
-class _SqliteConnection:
-    """The only place with SQLite-specific statements: pragmas and locking."""
-
-    def __init__(self, path: Path | str, timeout_s: float) -> None:
-        self.path = path
-        if isinstance(path, Path) and path == default_ledger_path():
-            from gosok.launcher.ranks.private import own_dir
-
-            own_dir(path.parent)  # this user's only, checked on every open
-        elif isinstance(path, Path):
-            path.parent.mkdir(parents=True, exist_ok=True)
-        self.conn = sqlite3.connect(str(path), timeout=timeout_s, isolation_level=None)
-        self.conn.execute(f"PRAGMA busy_timeout = {int(timeout_s * 1000)}")
-        deadline = time.monotonic() + timeout_s
-        while True:
-            # Switching to WAL needs a moment of exclusive access, which the busy
-            # handler does not always wait for when several processes open a new file.
-            try:
-                self.conn.execute("PRAGMA journal_mode = WAL").fetchone()
-                break
-            except sqlite3.OperationalError as err:
-                if "locked" not in str(err) or time.monotonic() > deadline:
-                    raise
-                time.sleep(0.05)
-        self.conn.execute("PRAGMA synchronous = NORMAL")
-
-    def user_version(self) -> int:
-        return int(self.conn.execute("PRAGMA user_version").fetchone()[0])
-
-    def set_user_version(self, cur: Any, version: int) -> None:
-        cur.execute(f"PRAGMA user_version = {int(version)}")
-
-    def has_tables(self, cur: Any) -> bool:
-        cur.execute("SELECT COUNT(*) FROM sqlite_master WHERE type = 'table'")
-        return bool(cur.fetchone()[0])
-
-    @contextmanager
-    def write(self) -> Iterator[Any]:
-        """A transaction holding the write lock from its start, so a read-then-write
-        cannot fail halfway when another process wrote in between."""
-        cur = self.conn.cursor()
-        cur.execute("BEGIN IMMEDIATE")
-        try:
-            yield cur
-        except BaseException:
-            cur.execute("ROLLBACK")
-            raise
-        cur.execute("COMMIT")
-
-    def read(self) -> Any:
-        return self.conn.cursor()
-
-    def close(self) -> None:
-        self.conn.close()
-
-
 class Ledger:
-    """Jobs, attempts, events, utilisation samples and idle spans in one SQLite file.
+    """Jobs, attempts, events, utilisation samples, idle spans and allocations in one
+    SQLite file or PostgreSQL database.
 
     Times are unix seconds (float). Methods that take ``unix=None`` use ``time.time()``.
     """
 
-    def __init__(self, db: _SqliteConnection, path: Path | str) -> None:
+    def __init__(self, db: Any, path: Path | str) -> None:
         self._db = db
         self.path = path
+        self._cur: Any = None
+
+    @contextmanager
+    def _write(self) -> Iterator[Any]:
+        """One transaction; a write inside another (``apply``) joins it."""
+        if self._cur is not None:
+            yield self._cur
+            return
+        with self._db.write() as cur:
+            self._cur = cur
+            try:
+                yield cur
+            finally:
+                self._cur = None
 
     @classmethod
     def open(cls, path: str | os.PathLike[str] | None = None, timeout_s: float = 30.0) -> Ledger:
         """Open (creating or upgrading) the ledger at ``path``; see ``resolve_ledger_path``."""
         resolved = resolve_ledger_path(path)
-        db = _SqliteConnection(resolved, timeout_s)
+        db = connect(resolved, timeout_s)
         try:
             _upgrade(db)
         except BaseException:
@@ -301,7 +241,7 @@ class Ledger:
 
     @property
     def schema_version(self) -> int:
-        return self._db.user_version()
+        return self._db.schema_version()
 
     # ---- writing -------------------------------------------------------------------
 
@@ -336,7 +276,7 @@ class Ledger:
             "started_unix": time.time() if started_unix is None else float(started_unix),
             "detail": _json(detail),
         }
-        with self._db.write() as cur:
+        with self._write() as cur:
             cur.execute(
                 "INSERT INTO jobs (job_id, kind, project, cluster, gpu_type, nodes, gpus,"
                 " started_unix, detail) VALUES (:job_id, :kind, :project, :cluster,"
@@ -382,7 +322,7 @@ class Ledger:
         }
         fields = [k for k in params if k not in ("job_id", "attempt")]
         updates = ", ".join(f"{f} = COALESCE(excluded.{f}, attempts.{f})" for f in fields)
-        with self._db.write() as cur:
+        with self._write() as cur:
             cur.execute(
                 f"INSERT INTO attempts (job_id, attempt, {', '.join(fields)}) VALUES"
                 f" (:job_id, :attempt, {', '.join(':' + f for f in fields)})"
@@ -401,7 +341,7 @@ class Ledger:
     ) -> None:
         """Record an event; for ``kind="checkpoint"``, ``seconds`` is the time training
         was blocked saving and ``unix`` when the save finished."""
-        with self._db.write() as cur:
+        with self._write() as cur:
             cur.execute(
                 "INSERT INTO events (job_id, unix, kind, seconds, detail)"
                 " VALUES (:job_id, :unix, :kind, :seconds, :detail)",
@@ -427,7 +367,7 @@ class Ledger:
     ) -> None:
         """Close the job: when its allocation ended and how. ``detail`` is merged into
         the stored detail. ``first_step_unix`` is filled from the earliest attempt."""
-        with self._db.write() as cur:
+        with self._write() as cur:
             cur.execute("SELECT detail FROM jobs WHERE job_id = :job_id", {"job_id": job_id})
             found = cur.fetchone()
             if found is None:
@@ -457,7 +397,7 @@ class Ledger:
         params = [{c: row.get(c, "" if c == "device" else None) for c in columns} for row in rows]
         if not params:
             return 0
-        with self._db.write() as cur:
+        with self._write() as cur:
             cur.executemany(
                 f"INSERT INTO samples ({', '.join(columns)})"
                 f" VALUES ({', '.join(':' + c for c in columns)})",
@@ -474,7 +414,7 @@ class Ledger:
         mean_util_pct: float | None,
         device: str = "",
     ) -> None:
-        with self._db.write() as cur:
+        with self._write() as cur:
             cur.execute(
                 "INSERT INTO idle_spans (cluster, node, device, start_unix, end_unix,"
                 " mean_util_pct) VALUES (:cluster, :node, :device, :start, :end, :mean)",
@@ -493,10 +433,11 @@ class Ledger:
         and max per job, node and device) and delete them; returns rows deleted."""
         cutoff = (time.time() if now_unix is None else now_unix) - older_than_s
         metric_sql = ", ".join(
-            f"COUNT({m}) AS {m}_n, COALESCE(SUM({m}), 0) AS {m}_sum, MAX({m}) AS {m}_max"
+            f"COUNT({m}) AS {m}_n, CAST(COALESCE(SUM({m}), 0) AS DOUBLE PRECISION) AS {m}_sum,"
+            f" MAX({m}) AS {m}_max"
             for m in SAMPLE_METRICS
         )
-        with self._db.write() as cur:
+        with self._write() as cur:
             cur.execute(
                 "SELECT COALESCE(job_id, '') AS job_key, cluster, node, device, COUNT(*) AS n,"
                 f" MIN(unix) AS first_unix, MAX(unix) AS last_unix, {metric_sql}"
@@ -526,6 +467,91 @@ class Ledger:
                 )
             cur.execute("DELETE FROM samples WHERE unix < :cutoff", {"cutoff": cutoff})
             return max(cur.rowcount, 0)
+
+    def allocate(
+        self,
+        *,
+        project: str,
+        cluster: str,
+        gpu_type: str,
+        gpus: int,
+        start_unix: float,
+        end_unix: float,
+        provider: str = "",
+        detail: Mapping[str, Any] | None = None,
+    ) -> str:
+        """Record what the programme granted: ``gpus`` of ``gpu_type`` on ``cluster`` to
+        ``project`` from ``start_unix`` to ``end_unix``. The id follows from those fields,
+        so recording the same grant again (a CSV imported twice) updates it."""
+        if not end_unix > start_unix or int(gpus) < 1:
+            raise ValueError("an allocation needs gpus >= 1 and end after start")
+        key = "|".join(map(str, (provider, cluster, gpu_type, project, start_unix, end_unix)))
+        allocation_id = "alloc-" + hashlib.sha256(key.encode()).hexdigest()[:16]
+        with self._write() as cur:
+            cur.execute(
+                "INSERT INTO allocations (allocation_id, provider, cluster, gpu_type, project,"
+                " gpus, start_unix, end_unix, detail) VALUES (:id, :provider, :cluster,"
+                " :gpu_type, :project, :gpus, :start, :end, :detail)"
+                " ON CONFLICT (allocation_id) DO UPDATE SET gpus = excluded.gpus,"
+                " detail = excluded.detail",
+                {
+                    "id": allocation_id,
+                    "provider": provider,
+                    "cluster": cluster,
+                    "gpu_type": gpu_type,
+                    "project": project,
+                    "gpus": int(gpus),
+                    "start": float(start_unix),
+                    "end": float(end_unix),
+                    "detail": _json(detail),
+                },
+            )
+        return allocation_id
+
+    def unique_job_id(self, base: str) -> str:
+        """``base``, or ``base-2``, ``base-3`` ... when a job of that id is already recorded
+        (a relaunch into the same run directory is a new allocation)."""
+        candidate, n = base, 1
+        while self.job(candidate) is not None:
+            n += 1
+            candidate = f"{base}-{n}"
+        return candidate
+
+    def apply(self, op: Mapping[str, Any]) -> str | None:
+        """Run one journaled write exactly once; returns its result (a started job's id).
+
+        ``op``: ``{"id", "method", "kwargs"}`` and, for a job's writes, ``"job"``: the id of
+        the ``start_job`` op that began the job, whose result is the job id. A
+        ``start_job`` op's ``kwargs["job_id"]`` is the base id, made unique here."""
+        method = op["method"]
+        if method not in JOURNALED:
+            raise ValueError(f"op {op.get('id')!r}: {method!r} is not a journaled write")
+        kwargs = dict(op.get("kwargs") or {})
+        with self._write() as cur:
+            cur.execute("SELECT result FROM applied_ops WHERE op_id = :id", {"id": op["id"]})
+            done = cur.fetchone()
+            if done is not None:
+                return done[0]
+            result = None
+            if method == "start_job":
+                result = kwargs["job_id"] = self.unique_job_id(kwargs["job_id"])
+            elif op.get("job"):
+                cur.execute("SELECT result FROM applied_ops WHERE op_id = :id", {"id": op["job"]})
+                started = cur.fetchone()
+                if started is None:
+                    raise KeyError(f"op {op['id']!r}: its job's start {op['job']!r} is not applied")
+                if method == "add_samples":
+                    kwargs["rows"] = [{**row, "job_id": started[0]} for row in kwargs["rows"]]
+                else:
+                    kwargs["job_id"] = started[0]
+            found = getattr(self, method)(**kwargs)
+            if method == "allocate":
+                result = found
+            cur.execute(
+                "INSERT INTO applied_ops (op_id, result, unix) VALUES (:id, :result, :unix)",
+                {"id": op["id"], "result": result, "unix": time.time()},
+            )
+        return result
 
     # ---- reading -------------------------------------------------------------------
 
@@ -608,6 +634,15 @@ class Ledger:
             params,
         )
 
+    def allocations(
+        self, cluster: str | None = None, project: str | None = None
+    ) -> list[dict[str, Any]]:
+        where, params = _filters(cluster=cluster, project=project)
+        clause = f" WHERE {' AND '.join(where)}" if where else ""
+        return self._select(
+            f"SELECT * FROM allocations{clause} ORDER BY provider, cluster, start_unix", params
+        )
+
 
 def _filters(**equal: Any) -> tuple[list[str], dict[str, Any]]:
     where = [f"{column} = :{column}" for column, value in equal.items() if value is not None]
@@ -627,18 +662,19 @@ def _merge_aggregates(old: Mapping[str, Any], new: Mapping[str, Any]) -> dict[st
     return merged
 
 
-def _upgrade(db: _SqliteConnection) -> None:
-    if db.user_version() == SCHEMA_VERSION:
+def _upgrade(db: Any) -> None:
+    if db.schema_version() == SCHEMA_VERSION:
         return
     with db.write() as cur:
-        version = db.user_version()
+        db.lock_schema(cur)
+        version = db.schema_version(cur)
         if version > SCHEMA_VERSION:
             raise RuntimeError(
                 f"ledger {db.path} has schema version {version}, newer than this gosok "
                 f"({SCHEMA_VERSION}); upgrade gosok to read it"
             )
         if version == 0:
-            if db.has_tables(cur):
+            if db.has_ledger(cur):
                 raise RuntimeError(
                     f"{db.path}: has tables but no schema version; not a gosok ledger"
                 )
@@ -649,4 +685,4 @@ def _upgrade(db: _SqliteConnection) -> None:
         while version < SCHEMA_VERSION:
             MIGRATIONS[version](cur)
             version += 1
-        db.set_user_version(cur, version)
+        db.set_schema_version(cur, version)

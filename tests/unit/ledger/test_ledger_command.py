@@ -74,7 +74,7 @@ def test_watch_runs_for_its_duration(tmp_path, capsys):
         (["report", "--ledger", "{ledger}", "--since", "2024-13-01", "--out-dir", "o"], "--since"),
         (["report", "--ledger", "{ledger}", "--since", "yesterday", "--out-dir", "o"], "--since"),
         (["report", "--ledger", "{ledger}"], "--out-dir"),
-        (["report", "--ledger", "postgresql://u:pw@h/db", "--out-dir", "o"], "SQLAlchemy"),
+        (["report", "--ledger", "postgresql://u:pw@h/db", "--out-dir", "o"], "PGPASSWORD"),
         (["report", "--ledger", "{notledger}", "--out-dir", "o"], "--ledger"),
         (["watch", "--cluster", "c", "--interval-s", "nan"], "--interval-s"),
         (["watch", "--cluster", "c", "--interval-s", "0"], "--interval-s"),

@@ -1,4 +1,6 @@
-"""The SQLite ledger: concurrent writers, v1 -> v2 migration, paths, updates, pruning."""
+"""The ledger's store: concurrent writers, migrations, paths, updates, pruning, journaled
+ops applied once, allocations. Backend-neutral tests take ``target`` (a SQLite file here);
+tests/integration/test_ledger_postgres.py runs the same ones against a real PostgreSQL."""
 
 from __future__ import annotations
 
@@ -14,6 +16,11 @@ WRITERS = 4
 ROWS_EACH = 200
 
 
+@pytest.fixture
+def target(tmp_path) -> str:
+    return str(tmp_path / "new" / "ledger.sqlite")
+
+
 def _writer(path: str, writer: int, barrier) -> None:
     barrier.wait()
     with Ledger.open(path) as ledger:
@@ -24,8 +31,8 @@ def _writer(path: str, writer: int, barrier) -> None:
             ledger.add_samples([{"cluster": "c", "node": f"n{writer}", "unix": i, "cpu_pct": 1}])
 
 
-def test_concurrent_writers_lose_no_rows(tmp_path):
-    path = str(tmp_path / "new" / "ledger.sqlite")  # created by whichever writer is first
+def test_concurrent_writers_lose_no_rows(target):
+    path = target  # created (or migrated) by whichever writer is first
     ctx = multiprocessing.get_context("fork")
     barrier = ctx.Barrier(WRITERS)
     procs = [ctx.Process(target=_writer, args=(path, w, barrier)) for w in range(WRITERS)]
@@ -70,7 +77,7 @@ def test_v1_file_is_migrated_keeping_rows(tmp_path):
     path = tmp_path / "v1.sqlite"
     _make_v1(path)
     with Ledger.open(path) as ledger:
-        assert ledger.schema_version == 2
+        assert ledger.schema_version == db.SCHEMA_VERSION
         job = ledger.job("old")
         assert (job["gpus"], job["steps"], job["detail"], job["tokens"], job["mfu"]) == (
             16,
@@ -115,15 +122,24 @@ def test_paths(tmp_path, monkeypatch):
     assert str(resolve_ledger_path("sqlite:////abs/l.sqlite")) == "/abs/l.sqlite"
     assert str(resolve_ledger_path("sqlite:///rel/l.sqlite")) == "rel/l.sqlite"
     assert resolve_ledger_path("sqlite://") == ":memory:"
-    with pytest.raises(ValueError, match="SQLAlchemy") as err:
-        resolve_ledger_path("postgresql://bob:hunter2@db:5432/ledger")
-    assert "hunter2" not in str(err.value)
+    for url in (
+        "postgresql://bob:hunter2@db:5432/ledger",
+        "postgres://bob:hunter2@db/ledger?sslmode=require",
+        "postgresql://bob@db/ledger?password=hunter2",
+    ):
+        with pytest.raises(ValueError, match="PGPASSWORD") as err:
+            resolve_ledger_path(url)
+        assert "hunter2" not in str(err.value)
+    assert resolve_ledger_path("postgres://bob@db:5432/l") == "postgresql://bob@db:5432/l"
+    assert isinstance(resolve_ledger_path("postgresql+psycopg://db/l"), db.ServerURL)
+    with pytest.raises(ValueError, match="mysql scheme"):
+        resolve_ledger_path("mysql://db/l")
     with pytest.raises(ValueError, match="sqlite:///"):
         resolve_ledger_path("sqlite://host/x.sqlite")
 
 
-def test_attempt_updates_keep_earlier_fields_and_finish_merges_detail(tmp_path):
-    with Ledger.open(tmp_path / "l.sqlite") as ledger:
+def test_attempt_updates_keep_earlier_fields_and_finish_merges_detail(target):
+    with Ledger.open(target) as ledger:
         ledger.start_job("j", kind="bench", project="p", started_unix=1.0, detail={"a": 1})
         ledger.record_attempt("j", 0, started_unix=1.0)
         ledger.record_attempt("j", 0, first_step_unix=2.0)
@@ -145,8 +161,8 @@ def test_attempt_updates_keep_earlier_fields_and_finish_merges_detail(tmp_path):
             ledger.start_job("k", kind="train")
 
 
-def test_prune_samples_keeps_aggregates(tmp_path):
-    with Ledger.open(tmp_path / "l.sqlite") as ledger:
+def test_prune_samples_keeps_aggregates(target):
+    with Ledger.open(target) as ledger:
         rows = [
             {
                 "job_id": "j",
@@ -167,3 +183,33 @@ def test_prune_samples_keeps_aggregates(tmp_path):
         assert (agg["n"], agg["first_unix"], agg["last_unix"]) == (10, 0.0, 9.0)
         assert agg["gpu_util_pct_sum"] == sum(range(10)) and agg["gpu_util_pct_max"] == 9.0
         assert agg["power_w_n"] == 10 and agg["cpu_pct_n"] == 0 and agg["cpu_pct_max"] is None
+
+
+def test_journaled_ops_apply_once_and_follow_their_job(target):
+    start = {"id": "w1-0", "method": "start_job", "kwargs": {"job_id": "run", "gpus": 2}}
+    event = {"id": "w1-1", "job": "w1-0", "method": "record_event", "kwargs": {"kind": "x"}}
+    rows = {"id": "w1-2", "job": "w1-0", "method": "add_samples", "kwargs": {"rows": [
+        {"cluster": "c", "node": "n", "unix": 1.0, "cpu_pct": 3.0}]}}  # fmt: skip
+    with Ledger.open(target) as ledger:
+        ledger.start_job("run", gpus=1)  # an earlier run took the id
+        for _ in range(2):  # a buffer sent twice (the answer to the first was lost)
+            assert [ledger.apply(op) for op in (start, event, rows)] == ["run-2", None, None]
+        assert len(ledger.events("run-2")) == 1 and ledger.job("run-2")["gpus"] == 2
+        assert [s["job_id"] for s in ledger.samples()] == ["run-2"]
+        orphan = {"id": "w2-1", "job": "w2-0", "method": "record_event", "kwargs": {"kind": "x"}}
+        with pytest.raises(KeyError, match="not applied"):
+            ledger.apply(orphan)
+        with pytest.raises(ValueError, match="journaled"):
+            ledger.apply({"id": "w3", "method": "prune_samples", "kwargs": {}})
+
+
+def test_allocations_are_recorded_once(target):
+    grant = dict(project="p", cluster="c", provider="cloud-a", gpu_type="H200", gpus=64)
+    with Ledger.open(target) as ledger:
+        first = ledger.allocate(**grant, start_unix=0.0, end_unix=3600.0)
+        again = ledger.allocate(**grant, start_unix=0.0, end_unix=3600.0)
+        other = ledger.allocate(**{**grant, "gpus": 8}, start_unix=3600.0, end_unix=7200.0)
+        assert first == again != other
+        assert [a["gpus"] for a in ledger.allocations(cluster="c")] == [64, 8]
+        with pytest.raises(ValueError, match="end after start"):
+            ledger.allocate(**grant, start_unix=5.0, end_unix=5.0)

@@ -69,7 +69,7 @@ def test_paths_that_cannot_hold_a_ledger(tmp_path):
     cases = {
         str(tmp_path): "is a directory",
         str(tmp_path / "file" / "l.sqlite"): "is not a directory",
-        "postgresql://me:hunter2@db/ledger": "SQLAlchemy",
+        "postgresql://me:hunter2@db/ledger": "PGPASSWORD",
     }
     for path, needle in cases.items():
         problems = validate_ledger(settings(path))
