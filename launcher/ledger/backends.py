@@ -124,14 +124,17 @@ def resolve_ledger_path(value: str | os.PathLike[str] | None) -> Path | str:
     return Path(rest).expanduser()
 
 
-def transient_errors() -> tuple[type[BaseException], ...]:
-    """Errors after which the ledger may answer again: a lost server, a locked file."""
-    errors: tuple[type[BaseException], ...] = (sqlite3.OperationalError, OSError)
+def is_transient(err: BaseException) -> bool:
+    """Whether the ledger may answer again later: a server down or restarting, a network
+    blip, a refused login (fixed, the buffer is sent), a SQLite file locked by another
+    writer. A corrupt file, a missing directory or a bug is not."""
+    if isinstance(err, sqlite3.OperationalError):
+        return any(word in str(err) for word in ("locked", "busy"))
     try:
         import psycopg
     except ImportError:
-        return errors
-    return (*errors, psycopg.OperationalError, psycopg.errors.AdminShutdown)
+        return False
+    return isinstance(err, psycopg.OperationalError | psycopg.errors.AdminShutdown)
 
 
 def connect(target: Path | str, timeout_s: float) -> Any:

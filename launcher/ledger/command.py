@@ -1,11 +1,17 @@
-"""``gosok ledger report|watch``: the goodput ledger from the command line.
+"""``gosok ledger report|watch|allocate|serve|push``: the goodput ledger from the command
+line.
 
 Use::
 
     gosok ledger report --ledger ~/.local/share/gosok/ledger.sqlite --project llm \\
         --since 2025-01-01 --out-dir ledger-report/
+    gosok ledger report --programme --ledger postgresql://auditor@db/ledger --out-dir r/
     gosok ledger watch --cluster h200 [--interval-s 5] [--duration-s 3600] \\
         [--idle-below 5] [--idle-for-s 60]
+    gosok ledger allocate --project llm --cluster h200 --provider cloud-a --gpu-type H200 \\
+        --gpus 64 --from 2026-12-01 --to 2027-03-01      # or --csv grants.csv
+    gosok ledger serve --port 9464 [--host 127.0.0.1]   # Prometheus /metrics
+    gosok ledger push                                    # writes kept while it was away
 
 or from Python, ``run_ledger_command(["report", "--out-dir", "r/"]) -> exit code``.
 ``--ledger`` defaults to the user data directory (see ``db.default_ledger_path``).
@@ -17,9 +23,12 @@ stderr naming the option, the value and what is allowed, and exit code 2.
 from __future__ import annotations
 
 import argparse
+import csv
 import math
+import signal
 import sqlite3
 import sys
+import threading
 from datetime import datetime, timezone
 from pathlib import Path
 from typing import Any
@@ -64,6 +73,31 @@ def _day(text: str) -> float:
     return day.replace(tzinfo=timezone.utc).timestamp()
 
 
+def _when(text: str) -> float:
+    """A UTC date ``YYYY-MM-DD`` or time ``YYYY-MM-DDTHH:MM[:SS]``."""
+    for spelling in ("%Y-%m-%d", "%Y-%m-%dT%H:%M", "%Y-%m-%dT%H:%M:%S"):
+        try:
+            moment = datetime.strptime(text, spelling)
+        except ValueError:
+            continue
+        return moment.replace(tzinfo=timezone.utc).timestamp()
+    raise argparse.ArgumentTypeError(
+        f"{text!r} is not allowed: must be YYYY-MM-DD or YYYY-MM-DDTHH:MM[:SS] (UTC)"
+    )
+
+
+def _count(text: str) -> int:
+    if not text.isdigit() or int(text) < 1:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a whole number >= 1")
+    return int(text)
+
+
+def _port(text: str) -> int:
+    if not text.isdigit() or not 0 <= int(text) <= 65535:
+        raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must be a port 0-65535")
+    return int(text)
+
+
 def _text(text: str) -> str:
     if not text.strip():
         raise argparse.ArgumentTypeError(f"{text!r} is not allowed: must not be empty")
@@ -80,6 +114,18 @@ def build_parser() -> argparse.ArgumentParser:
     report.add_argument("--project", type=_text, default=None)
     report.add_argument("--since", type=_day, default=None, help="YYYY-MM-DD (UTC)")
     report.add_argument("--out-dir", type=_text, required=True)
+    report.add_argument(
+        "--programme",
+        action="store_true",
+        help="allocated, used, productive and idle GPU-hours per provider, cluster, GPU type "
+        "and project (programme.md/.html/.csv)",
+    )
+    report.add_argument(
+        "--stretch-h",
+        type=_number(0, above=True),
+        default=1.0,
+        help="flag spans of at least this many hours in which an allocation ran nothing",
+    )
 
     watch = actions.add_parser("watch", help="sample this node into the ledger")
     watch.add_argument("--ledger", default=None, help=ledger_help)
@@ -91,7 +137,29 @@ def build_parser() -> argparse.ArgumentParser:
     )
     watch.add_argument("--idle-below", type=_number(0, 100), default=5.0, help="util %%")
     watch.add_argument("--idle-for-s", type=_number(0), default=60.0)
+
+    allocate = actions.add_parser("allocate", help="record what the programme granted")
+    allocate.add_argument("--ledger", default=None, help=ledger_help)
+    allocate.add_argument("--csv", type=_text, default=None, help=f"columns: {', '.join(CSV)}")
+    allocate.add_argument("--project", type=_text)
+    allocate.add_argument("--cluster", type=_text)
+    allocate.add_argument("--provider", type=_text, default=None)
+    allocate.add_argument("--gpu-type", type=_text)
+    allocate.add_argument("--gpus", type=_count)
+    allocate.add_argument("--from", dest="start", type=_when, help="YYYY-MM-DD[THH:MM] UTC")
+    allocate.add_argument("--to", dest="end", type=_when, help="YYYY-MM-DD[THH:MM] UTC")
+
+    serve = actions.add_parser("serve", help="Prometheus metrics of the ledger at /metrics")
+    serve.add_argument("--ledger", default=None, help=ledger_help)
+    serve.add_argument("--port", type=_port, default=9464)
+    serve.add_argument("--host", type=_text, default="127.0.0.1")
+
+    push = actions.add_parser("push", help="send writes kept while the ledger was away")
+    push.add_argument("--ledger", default=None, help="send them here instead (default: theirs)")
     return parser
+
+
+CSV = ("project", "cluster", "provider", "gpu_type", "gpus", "from", "to")
 
 
 def _open_ledger(value: str | None, must_exist: bool) -> Any:
@@ -117,6 +185,8 @@ def _report(args: argparse.Namespace, console: Any) -> int:
     out_dir = Path(args.out_dir)
     if out_dir.exists() and not out_dir.is_dir():
         raise _BadInput(f"--out-dir {args.out_dir!r}: is a file; give a directory")
+    if args.programme:
+        return _programme(args, out_dir, console)
     with _open_ledger(args.ledger, must_exist=True) as ledger:
         paths = write_report(ledger, out_dir, project=args.project, since_unix=args.since)
         rows = job_rows(ledger, args.project, args.since)
@@ -148,23 +218,164 @@ def _report(args: argparse.Namespace, console: Any) -> int:
     return 0
 
 
+def _programme(args: argparse.Namespace, out_dir: Path, console: Any) -> int:
+    from rich.table import Table
+
+    from .report import write_programme
+
+    with _open_ledger(args.ledger, must_exist=True) as ledger:
+        paths, view = write_programme(ledger, out_dir, stretch_s=args.stretch_h * 3600.0)
+    table = Table(title=f"programme: {len(view['groups'])} groups, largest gap first")
+    columns = ("provider", "cluster", "GPU type", "project", "allocated", "used", "productive",
+               "idle", "gap")  # fmt: skip
+    for column in columns:
+        table.add_column(column, justify="left" if column[0].islower() else "right")
+    for g in view["groups"]:
+        table.add_row(
+            g["provider"] or "-",
+            g["cluster"],
+            g["gpu_type"],
+            g["project"],
+            *(f"{g[f'{s}_hours']:.2f}" for s in ("allocated", "used", "productive", "idle", "gap")),
+        )
+    console.print(table)
+    if not view["groups"]:
+        console.print("no allocations in this ledger: record them with `gosok ledger allocate`")
+    for s in view["stretches"]:
+        console.print(
+            f"IDLE STRETCH {s['cluster']}/{s['project']}: {s['gpus']} GPUs ran nothing for "
+            f"{(s['end_unix'] - s['start_unix']) / 3600:.2f} h from "
+            f"{datetime.fromtimestamp(s['start_unix'], timezone.utc):%Y-%m-%d %H:%M} UTC"
+        )
+    for kind, path in paths.items():
+        console.print(f"{kind}: {path}")
+    return 0
+
+
+def _grants(args: argparse.Namespace) -> list[dict[str, Any]]:
+    if args.csv is None:
+        missing = [f"--{n.replace('_', '-')}" for n in ("project", "cluster", "gpu_type", "gpus")
+                   if getattr(args, n) is None]  # fmt: skip
+        missing += [flag for flag, v in (("--from", args.start), ("--to", args.end)) if v is None]
+        if missing:
+            raise _BadInput(f"gosok ledger allocate: missing {', '.join(missing)} (or give --csv)")
+        rows = [vars(args) | {"from": args.start, "to": args.end}]
+        where = ["the command line"]
+    else:
+        try:
+            with open(args.csv, newline="", encoding="utf-8") as handle:
+                reader = csv.DictReader(handle)
+                absent = [c for c in CSV if c not in (reader.fieldnames or [])]
+                if absent:
+                    raise _BadInput(
+                        f"--csv {args.csv!r}: missing column(s) {', '.join(absent)}; "
+                        f"allowed header: {','.join(CSV)}"
+                    )
+                raw = list(reader)
+        except OSError as err:
+            raise _BadInput(f"--csv {args.csv!r}: cannot read it ({err.strerror})") from None
+        rows, where = [], []
+        for n, row in enumerate(raw, start=2):
+            parsed = {}
+            for column, parse in (("project", _text), ("cluster", _text), ("gpu_type", _text),
+                                  ("gpus", _count), ("from", _when), ("to", _when)):  # fmt: skip
+                try:
+                    parsed[column] = parse((row.get(column) or "").strip())
+                except argparse.ArgumentTypeError as err:
+                    raise _BadInput(f"--csv {args.csv!r} line {n}, {column}: {err}") from None
+            rows.append(parsed | {"provider": (row.get("provider") or "").strip()})
+            where.append(f"line {n}")
+    grants = []
+    for row, place in zip(rows, where, strict=True):
+        if not row["to"] > row["from"]:
+            raise _BadInput(f"{place}: --to must be after --from")
+        grants.append(
+            {
+                "project": row["project"],
+                "cluster": row["cluster"],
+                "provider": row.get("provider") or "",
+                "gpu_type": row["gpu_type"],
+                "gpus": row["gpus"],
+                "start_unix": row["from"],
+                "end_unix": row["to"],
+            }
+        )
+    return grants
+
+
+def _allocate(args: argparse.Namespace, console: Any) -> int:
+    grants = _grants(args)
+    with _open_ledger(args.ledger, must_exist=False) as ledger:
+        for grant in grants:
+            allocation_id = ledger.allocate(**grant)
+            console.print(
+                f"{allocation_id}: {grant['gpus']} x {grant['gpu_type']} on {grant['cluster']} "
+                f"for {grant['project']}, {_utc_text(grant['start_unix'])} to "
+                f"{_utc_text(grant['end_unix'])}"
+            )
+    return 0
+
+
+def _utc_text(unix: float) -> str:
+    return f"{datetime.fromtimestamp(unix, timezone.utc):%Y-%m-%d %H:%M} UTC"
+
+
+def _serve(args: argparse.Namespace, console: Any) -> int:
+    from .db import Ledger
+    from .metrics import serve
+
+    _open_ledger(args.ledger, must_exist=False).close()  # refuse a bad ledger before serving
+    try:
+        serve(
+            lambda: Ledger.open(args.ledger, timeout_s=10.0),
+            args.port,
+            args.host,
+            ready=lambda port: console.print(
+                f"serving the ledger's metrics at http://{args.host}:{port}/metrics"
+            ),
+        )
+    except OSError as err:
+        raise _BadInput(f"--port {args.port}: cannot listen on {args.host} ({err})") from None
+    return 0
+
+
+def _push(args: argparse.Namespace, console: Any) -> int:
+    from .writer import push
+
+    if args.ledger is not None:
+        _open_ledger(args.ledger, must_exist=False).close()
+    sent, kept = push(args.ledger, say=console.print)
+    console.print(f"{sent} buffer(s) sent, {kept} kept")
+    return 1 if kept else 0
+
+
 def _watch(args: argparse.Namespace, console: Any) -> int:
     from .watch import watch
+    from .writer import LedgerWriter
 
     with _open_ledger(args.ledger, must_exist=False) as ledger:
-        console.print(
-            f"watching {args.node or 'this node'} of {args.cluster} every {args.interval_s:g}s "
-            f"into {ledger.path}" + ("" if args.duration_s else " (Ctrl-C to stop)")
-        )
+        where = ledger.path
+    console.print(
+        f"watching {args.node or 'this node'} of {args.cluster} every {args.interval_s:g}s "
+        f"into {where}" + ("" if args.duration_s else " (Ctrl-C or SIGTERM to stop)")
+    )
+    stop = threading.Event()
+    if threading.current_thread() is threading.main_thread():
+        signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    writer = LedgerWriter(args.ledger, say=console.print)
+    try:
         summary = watch(
-            ledger,
+            writer,
             args.cluster,
             interval_s=args.interval_s,
             duration_s=args.duration_s,
             idle_below=args.idle_below,
             idle_for_s=args.idle_for_s,
             node=args.node,
+            stop=stop,
         )
+    finally:
+        writer.close()
     console.print(
         f"{summary['node']}: {summary['samples']} samples, {summary['idle_spans']} idle spans "
         f"in {summary['seconds']:.0f}s" + (" (interrupted)" if summary["interrupted"] else "")
@@ -179,7 +390,9 @@ def run_ledger_command(argv: list[str]) -> int:
     console = Console(highlight=False, soft_wrap=True)
     try:
         args = build_parser().parse_args(argv)
-        return (_report if args.action == "report" else _watch)(args, console)
+        actions = {"report": _report, "watch": _watch, "allocate": _allocate,
+                   "serve": _serve, "push": _push}  # fmt: skip
+        return actions[args.action](args, console)
     except _BadInput as err:
         print(f"error: {err}", file=sys.stderr)
         return 2

@@ -621,6 +621,15 @@ class Ledger:
             params,
         )
 
+    def attempt_counts(self) -> list[dict[str, Any]]:
+        """Attempts per project, cluster, GPU type and cause (``running`` while open)."""
+        return self._select(
+            "SELECT j.project, j.cluster, j.gpu_type, COALESCE(a.cause, 'running') AS cause,"
+            " COUNT(*) AS n FROM attempts a JOIN jobs j ON j.job_id = a.job_id"
+            " GROUP BY j.project, j.cluster, j.gpu_type, COALESCE(a.cause, 'running')"
+            " ORDER BY j.project, j.cluster, j.gpu_type, cause"
+        )
+
     def idle_spans(
         self, cluster: str | None = None, since_unix: float | None = None
     ) -> list[dict[str, Any]]:

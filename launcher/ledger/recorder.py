@@ -36,12 +36,8 @@ never holds up the supervisor; a failing ledger prints one line and the job goes
 from __future__ import annotations
 
 import contextlib
-import functools
 import hashlib
-import queue
 import re
-import sys
-import threading
 import time
 from collections.abc import Callable, Iterable, Mapping
 from dataclasses import dataclass, field
@@ -49,86 +45,12 @@ from typing import Any
 
 from gosok.launcher.config.secrets import current
 
-from .db import Ledger
 from .sampler import IdleTracker
+from .writer import WRITE_TIMEOUT_S, LedgerWriter, _print_stderr
 
 SAMPLE_RETENTION_S = 7 * 24 * 3600.0
 MIN_DRAIN_EVERY_S = 1.0
 COLLECT_TIMEOUT_S = 3.0
-CLOSE_TIMEOUT_S = 30.0
-WRITE_TIMEOUT_S = 10.0
-
-
-def _print_stderr(text: str) -> None:
-    print(text, file=sys.stderr, flush=True)
-
-
-def unique_job_id(ledger: Ledger, base: str) -> str:
-    """``base``, or ``base-2``, ``base-3`` ... when a job of that id is already recorded
-    (a relaunch into the same run directory is a new allocation)."""
-    candidate, n = base, 1
-    while ledger.job(candidate) is not None:
-        n += 1
-        candidate = f"{base}-{n}"
-    return candidate
-
-
-class LedgerWriter:
-    """Runs ``fn(ledger)`` calls in submission order on one daemon thread that owns the
-    ledger connection. The first failure prints one line; later ones are silent."""
-
-    def __init__(
-        self, path: str | None, say: Callable[[str], None], timeout_s: float = WRITE_TIMEOUT_S
-    ) -> None:
-        self._say = say
-        self._failed = False
-        self._lock = threading.Lock()
-        self._queue: queue.Queue[Callable[[Ledger], None] | None] = queue.Queue()
-        self._thread = threading.Thread(
-            target=self._run, args=(path, timeout_s), name="gosok-ledger", daemon=True
-        )
-        self._thread.start()
-
-    def submit(self, fn: Callable[[Ledger], None]) -> None:
-        self._queue.put(fn)
-
-    def failure(self, what: str, err: BaseException) -> None:
-        with self._lock:
-            first, self._failed = not self._failed, True
-        if first:
-            self._say(
-                f"ledger: {what} failed ({type(err).__name__}: {err}); the job goes on "
-                "without it, later ledger errors are not printed"
-            )
-
-    def _run(self, path: str | None, timeout_s: float) -> None:
-        ledger = None
-        try:
-            ledger = Ledger.open(path, timeout_s=timeout_s)
-        except Exception as err:
-            self.failure("opening the ledger", err)
-        while True:
-            fn = self._queue.get()
-            if fn is None:
-                break
-            if ledger is None:
-                continue
-            try:
-                fn(ledger)
-            except Exception as err:
-                self.failure("writing to the ledger", err)
-        if ledger is not None:
-            with contextlib.suppress(Exception):
-                ledger.close()
-
-    def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
-        """Write what is queued, close the ledger; False when that took over ``timeout_s``."""
-        self._queue.put(None)
-        self._thread.join(timeout_s)
-        if self._thread.is_alive():
-            self._say(f"ledger: writes still pending after {timeout_s:.0f}s; leaving them")
-            return False
-        return True
 
 
 def node_labels(rank_info: Iterable[Mapping[str, Any]]) -> dict[int, str]:
@@ -181,7 +103,8 @@ class LaunchRecorder:
         started_unix: float | None = None,
     ) -> None:
         self.enabled = bool(settings.enabled)
-        self.job_id = base_job_id
+        self.base_job_id = base_job_id
+        self._job: str | None = None
         self.cluster_name = str(cluster.name)
         self.interval_s = float(settings.sample_interval_s)
         self.tokens_per_step = tokens_per_step
@@ -195,7 +118,7 @@ class LaunchRecorder:
         self._writer: LedgerWriter | None = None
         if not self.enabled:
             return
-        self._writer = LedgerWriter(settings.path, say)
+        self._writer = LedgerWriter(settings.path, say, prune_older_than_s=SAMPLE_RETENTION_S)
         header = {
             "kind": "launch",
             "project": str(settings.project),
@@ -206,12 +129,13 @@ class LaunchRecorder:
             "started_unix": self.started_unix,
             "detail": dict(detail or {}),
         }
+        self._job = self._writer.op("start_job", job_id=base_job_id, **header)
 
-        def start(ledger: Ledger) -> None:
-            self.job_id = unique_job_id(ledger, base_job_id)
-            ledger.start_job(self.job_id, **header)
-
-        self._writer.submit(start)
+    @property
+    def job_id(self) -> str:
+        """The id the ledger gave the job (``base_job_id``, or ``-2`` ... when taken)."""
+        found = self._writer.result(self._job) if self._writer and self._job else None
+        return found or self.base_job_id
 
     @classmethod
     def for_launch(
@@ -245,22 +169,23 @@ class LaunchRecorder:
         try:
             fn()
         except Exception as err:
-            self._writer.failure(what, err)
+            self._writer.say_once(
+                "failed",
+                f"ledger: {what} failed ({type(err).__name__}: {err}); the job goes on "
+                "without it, later ledger errors are not printed",
+            )
 
-    def _submit(self, fn: Callable[[Ledger], None]) -> None:
+    def _op(self, method: str, **kwargs: Any) -> None:
+        """Queue one of this job's writes."""
         assert self._writer is not None
-        self._writer.submit(fn)
+        self._writer.op(method, job=self._job, **kwargs)
 
     # ---- supervisor hooks --------------------------------------------------------------
 
     def on_attempt_start(self, attempt: int, started_unix: float) -> None:
         def run() -> None:
             self._attempt = _Attempt(attempt, started_unix)
-            self._submit(
-                lambda ledger: ledger.record_attempt(
-                    self.job_id, attempt, started_unix=started_unix
-                )
-            )
+            self._op("record_attempt", attempt=attempt, started_unix=started_unix)
 
         self._guard("recording an attempt's start", run)
 
@@ -301,8 +226,7 @@ class LaunchRecorder:
                 "last_step_unix": state.last_step_unix,
                 "resumed_from_step": state.resumed_from,
             }
-            number = outcome.attempt
-            self._submit(lambda ledger: ledger.record_attempt(self.job_id, number, **values))
+            self._op("record_attempt", attempt=outcome.attempt, **values)
             state.last_step = _int(last_step)
             self._last, self._attempt = state, None
 
@@ -348,23 +272,17 @@ class LaunchRecorder:
                     "last_step": state.last_step,
                     "last_step_unix": state.last_step_unix,
                 }
-                number = state.number
-                self._submit(lambda ledger: ledger.record_attempt(self.job_id, number, **values))
-
-            def close(ledger: Ledger) -> None:
-                self._write_spans(ledger, self._idle.feed([], final=True))
-                ledger.finish_job(
-                    self.job_id,
-                    exit_status=status,
-                    finished_unix=finished,
-                    steps=steps,
-                    tokens=tokens,
-                    mfu=metrics_.get("mfu"),
-                    detail=detail,
-                )
-                ledger.prune_samples(SAMPLE_RETENTION_S)
-
-            self._submit(close)
+                self._op("record_attempt", attempt=state.number, **values)
+            self._write_spans(self._idle.feed([], final=True))
+            self._op(
+                "finish_job",
+                exit_status=status,
+                finished_unix=finished,
+                steps=steps,
+                tokens=tokens,
+                mfu=metrics_.get("mfu"),
+                detail=detail,
+            )
 
         self._guard("closing the job", run)
         if self._writer is not None and not self.finished:
@@ -379,11 +297,11 @@ class LaunchRecorder:
         if state.first_step_unix is None:
             state.first_step_unix = float(beat.get("first_step_unix") or unix)
             state.resumed_from = _int(beat.get("resumed_from_step"))
-            first, resumed = state.first_step_unix, state.resumed_from
-            self._submit(
-                lambda ledger: ledger.record_attempt(
-                    self.job_id, number, first_step_unix=first, resumed_from_step=resumed
-                )
+            self._op(
+                "record_attempt",
+                attempt=number,
+                first_step_unix=state.first_step_unix,
+                resumed_from_step=state.resumed_from,
             )
         state.last_step, state.last_step_unix = step, unix
         saves = int(beat.get("checkpoints") or 0)
@@ -392,11 +310,7 @@ class LaunchRecorder:
             # One event per save, even when several happened between two polls.
             for saved_at, when, seconds in log[len(log) - (saves - state.saves) :]:
                 detail = {"attempt": number, "step": int(saved_at), "saves": 1}
-                self._submit(
-                    functools.partial(
-                        _checkpoint_event, self.job_id, float(seconds), float(when), detail
-                    )
-                )
+                self._checkpoint(float(seconds), float(when), detail)
             state.saves = saves
             state.checkpoint_s = float(beat.get("checkpoint_s") or 0.0)
         elif saves > state.saves:
@@ -406,11 +320,10 @@ class LaunchRecorder:
             saved_at = int(beat.get("checkpoint_step") or step)
             detail = {"attempt": number, "step": saved_at, "saves": saves - state.saves}
             state.saves, state.checkpoint_s = saves, total
-            self._submit(
-                lambda ledger: ledger.record_event(
-                    self.job_id, "checkpoint", seconds=seconds, unix=when, detail=detail
-                )
-            )
+            self._checkpoint(seconds, when, detail)
+
+    def _checkpoint(self, seconds: float, unix: float, detail: dict[str, Any]) -> None:
+        self._op("record_event", kind="checkpoint", seconds=seconds, unix=unix, detail=detail)
 
     def _sample(self, state: _Attempt, group: Any, view: Any) -> None:
         now = time.monotonic()
@@ -463,27 +376,27 @@ class LaunchRecorder:
         if wait_s > 0:
             state.pending.clear()
         if rows:
-            self._submit(lambda ledger: self._store(ledger, rows))
+            self._store(rows)
 
-    def _store(self, ledger: Ledger, rows: list[dict[str, Any]]) -> None:
+    def _store(self, rows: list[dict[str, Any]]) -> None:
         for row in rows:
-            row["job_id"] = self.job_id
             if row.get("gpu_util_pct") is not None:
                 self._gpu_nodes.add(row.get("node"))
-        ledger.add_samples(rows)
+        self._op("add_samples", rows=rows)  # their job_id is set as they are applied
         # A GPU job's host CPU idles by design: on GPU nodes only the GPUs can be idle.
         watched = [r for r in rows if r.get("device") != "cpu" or r["node"] not in self._gpu_nodes]
-        self._write_spans(ledger, self._idle.feed(watched))
+        self._write_spans(self._idle.feed(watched))
 
-    @staticmethod
-    def _write_spans(ledger: Ledger, spans: Iterable[Mapping[str, Any]]) -> None:
+    def _write_spans(self, spans: Iterable[Mapping[str, Any]]) -> None:
+        assert self._writer is not None
         for span in spans:
-            ledger.add_idle_span(
-                span["cluster"],
-                span["node"],
-                span["start_unix"],
-                span["end_unix"],
-                span["mean_util_pct"],
+            self._writer.op(
+                "add_idle_span",
+                cluster=span["cluster"],
+                node=span["node"],
+                start_unix=span["start_unix"],
+                end_unix=span["end_unix"],
+                mean_util_pct=span["mean_util_pct"],
                 device=span["device"],
             )
 
@@ -496,12 +409,6 @@ def _bench_name(cfg: Any) -> str:
     if suite:
         return f"suite-{getattr(suite, 'name', 'suite')}"
     return str(getattr(cfg.bench, "name", "bench"))
-
-
-def _checkpoint_event(
-    job_id: str, seconds: float, unix: float, detail: dict[str, Any], ledger: Any
-) -> None:
-    ledger.record_event(job_id, "checkpoint", seconds=seconds, unix=unix, detail=detail)
 
 
 def record_bench(
@@ -532,21 +439,22 @@ def record_bench(
             status = str(exit_status)
         cluster = cfg.cluster
         info = {"bench": name, **({"run_dir": str(run_dir)} if run_dir is not None else {})}
-        with Ledger.open(ledger_cfg.path, timeout_s=WRITE_TIMEOUT_S) as ledger:
-            job_id = unique_job_id(ledger, base)
-            ledger.start_job(
-                job_id,
-                kind="bench",
-                project=str(ledger_cfg.project),
-                cluster=str(cluster.name),
-                gpu_type=str(cluster.gpu),
-                nodes=int(cluster.nodes),
-                gpus=int(cluster.nodes) * int(cluster.gpus_per_node),
-                started_unix=started_unix,
-                detail={**info, **dict(detail or {})},
-            )
-            ledger.finish_job(job_id, exit_status=status, finished_unix=finished_unix)
-        return job_id
+        writer = LedgerWriter(ledger_cfg.path, say)
+        start = writer.op(
+            "start_job",
+            job_id=base,
+            kind="bench",
+            project=str(ledger_cfg.project),
+            cluster=str(cluster.name),
+            gpu_type=str(cluster.gpu),
+            nodes=int(cluster.nodes),
+            gpus=int(cluster.nodes) * int(cluster.gpus_per_node),
+            started_unix=started_unix,
+            detail={**info, **dict(detail or {})},
+        )
+        writer.op("finish_job", job=start, exit_status=status, finished_unix=finished_unix)
+        writer.close(timeout_s=WRITE_TIMEOUT_S)
+        return writer.result(start)
     except Exception as err:
         say(f"ledger: recording the run failed ({type(err).__name__}: {err}); results unaffected")
         return None

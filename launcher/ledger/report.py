@@ -506,3 +506,95 @@ def write_report(
         "html": write_atomic(out / "ledger.html", _html(title, header, tables, figures)),
         "csv": write_atomic(out / "ledger.csv", _csv_text(rows)),
     }
+
+
+# ---- the programme -------------------------------------------------------------------
+
+PROGRAMME_CSV = (
+    "provider", "cluster", "gpu_type", "project", "unit", "allocations", "gpus_now",
+    "allocated_hours", "used_hours", "productive_hours", "idle_hours", "overhead_hours",
+    "low_util_hours", "gap_hours", "use", "goodput",
+)  # fmt: skip
+STATE_COLOURS = {"productive": "#2e7d32", "overhead": "#ef6c00", "idle": "#c62828"}
+
+
+def plot_programme(groups: Sequence[Mapping[str, Any]]) -> bytes:
+    """Allocated hours per group as productive + overhead + idle, largest gap on top."""
+    from matplotlib.figure import Figure
+
+    shown = list(groups)[:MAX_PLOTTED_JOBS][::-1]
+    figure = Figure(figsize=(8, 1.0 + 0.45 * len(shown)))
+    axes = figure.add_subplot(1, 1, 1)
+    names = [f"{g['provider'] or '-'} / {g['cluster']} / {g['gpu_type']} / {g['project']}"
+             for g in shown]  # fmt: skip
+    left = [0.0] * len(shown)
+    for state, colour in STATE_COLOURS.items():
+        hours = [g[f"{state}_hours"] for g in shown]
+        axes.barh(names, hours, left=left, color=colour, label=state)
+        left = [a + b for a, b in zip(left, hours, strict=True)]
+    axes.set_xlabel("device-hours (allocated = productive + overhead + idle)")
+    axes.legend(fontsize=7, loc="lower right")
+    axes.tick_params(axis="y", labelsize=7)
+    figure.tight_layout()
+    return _png(figure)
+
+
+def write_programme(
+    ledger: Any,
+    out_dir: str | os.PathLike[str],
+    now_unix: float | None = None,
+    stretch_s: float = 3600.0,
+) -> tuple[dict[str, Path], dict[str, list[dict[str, Any]]]]:
+    """Write ``programme.md``, ``programme.html`` and ``programme.csv`` (see
+    ``programme.py``); returns the paths and the view they show."""
+    from .programme import programme_view
+
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    now = time.time() if now_unix is None else now_unix
+    view = programme_view(
+        ledger.allocations(), job_rows(ledger, now_unix=now), ledger.idle_spans(), now, stretch_s
+    )
+    groups, stretches = view["groups"], view["stretches"]
+
+    def h(value: float) -> str:
+        return f"{value:.2f}"
+
+    group_cells = [
+        [g["provider"] or "-", g["cluster"], g["gpu_type"], g["project"],
+         *(h(g[f"{s}_hours"]) for s in ("allocated", "used", "productive", "idle", "gap")),
+         f"{100 * g['use']:.1f}%", g["unit"]]
+        for g in groups
+    ]  # fmt: skip
+    stretch_cells = [
+        [s["provider"] or "-", s["cluster"], s["project"], str(s["gpus"]), _utc(s["start_unix"]),
+         _utc(s["end_unix"]), _duration(s["end_unix"] - s["start_unix"]), h(s["gpu_hours"])]
+        for s in stretches
+    ]  # fmt: skip
+    tables = [
+        ("Allocations by provider, cluster, GPU type and project (largest gap first)",
+         ["provider", "cluster", "GPU type", "project", "allocated", "used", "productive",
+          "idle", "gap", "used share", "unit"], group_cells),
+        (f"IDLE STRETCHES: allocated, nothing running, {_duration(stretch_s)} or longer",
+         ["provider", "cluster", "project", "GPUs", "from", "to", "length", "device-hours"],
+         stretch_cells),
+    ]  # fmt: skip
+    header = [
+        f"Ledger: {ledger.path}",
+        f"Generated {_utc(now)}; {len(groups)} groups, {len(stretches)} idle stretches. "
+        "allocated = productive + overhead + idle; idle = allocated with nothing running, "
+        "plus utilisation below the idle rule while jobs ran.",
+    ]
+    figures = [("Where the allocated hours went", plot_programme(groups))] if groups else []
+    out_csv = io.StringIO()
+    writer = csv.writer(out_csv)
+    writer.writerow(PROGRAMME_CSV)
+    for g in groups:
+        writer.writerow([f"{g[c]:.6g}" if isinstance(g[c], float) else g[c] for c in PROGRAMME_CSV])
+    title = "Programme ledger"
+    paths = {
+        "md": write_atomic(out / "programme.md", _markdown(title, header, tables)),
+        "html": write_atomic(out / "programme.html", _html(title, header, tables, figures)),
+        "csv": write_atomic(out / "programme.csv", out_csv.getvalue()),
+    }
+    return paths, view

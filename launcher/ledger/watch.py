@@ -3,16 +3,18 @@ samples and idle spans to the ledger.
 
 Use::
 
-    from gosok.launcher.ledger.db import Ledger
     from gosok.launcher.ledger.watch import watch
+    from gosok.launcher.ledger.writer import LedgerWriter
 
-    with Ledger.open(path) as ledger:
-        summary = watch(ledger, cluster="h200", interval_s=5, duration_s=3600)
+    writer = LedgerWriter(path)        # retries and buffers while the ledger is away
+    summary = watch(writer, cluster="h200", interval_s=5, duration_s=3600)
+    writer.close()
 
-It runs for ``duration_s`` seconds, or until Ctrl-C when that is ``None``, writing every
-``flush_s`` seconds. An idle span is written once it has ended (a busy sample follows it),
-or at the end of the watch when it is still going. Node-local: running it on every node
-of a cluster is the caller's business.
+It runs for ``duration_s`` seconds, or until ``stop`` is set (SIGTERM in ``gosok ledger
+watch``) or Ctrl-C when that is ``None``, queueing writes every ``flush_s`` seconds. An
+idle span is written once it has ended (a busy sample follows it), or at the end of the
+watch when it is still going. Node-local: running it on every node of a cluster is the
+caller's business (a systemd unit or a DaemonSet, see deploy/).
 """
 
 from __future__ import annotations
@@ -24,9 +26,11 @@ from typing import Any
 
 from .sampler import IdleTracker, UtilSampler
 
+SPAN_FIELDS = ("cluster", "node", "start_unix", "end_unix", "mean_util_pct", "device")
+
 
 def watch(
-    ledger: Any,
+    writer: Any,
     cluster: str,
     interval_s: float = 5.0,
     duration_s: float | None = None,
@@ -53,16 +57,11 @@ def watch(
     tracker = IdleTracker(idle_below, idle_for_s)
 
     def flush(rows: list[dict[str, Any]], final: bool) -> None:
-        summary["samples"] += ledger.add_samples(rows)
+        if rows:
+            writer.op("add_samples", rows=rows)
+            summary["samples"] += len(rows)
         for span in tracker.feed(rows, final):
-            ledger.add_idle_span(
-                span["cluster"],
-                span["node"],
-                span["start_unix"],
-                span["end_unix"],
-                span["mean_util_pct"],
-                device=span["device"],
-            )
+            writer.op("add_idle_span", **{k: span[k] for k in SPAN_FIELDS})
             summary["idle_spans"] += 1
         if on_flush is not None:
             on_flush(dict(summary))

@@ -7,6 +7,7 @@ import pytest
 from gosok.launcher.ledger.db import Ledger
 from gosok.launcher.ledger.sampler import UtilSampler, idle_spans, trailing_idle
 from gosok.launcher.ledger.watch import watch
+from gosok.launcher.ledger.writer import LedgerWriter
 
 
 def series(values, device="gpu0", node="n1", start=0.0, step=5.0):
@@ -100,18 +101,21 @@ def test_watch_writes_samples_and_each_idle_span_once(tmp_path):
     rows = series([80, 0, 0, 0, 0, 0, 0, 90, 0, 0, 0, 0])
     batches = [rows[0:3], rows[3:6], rows[6:9], rows[9:]]  # spans cross the batch edges
     flushes = []
-    with Ledger.open(tmp_path / "l.sqlite") as ledger:
-        summary = watch(
-            ledger,
-            "c",
-            interval_s=5,
-            duration_s=0.2,
-            idle_below=5,
-            idle_for_s=10,
-            sampler=ScriptedSampler(batches),
-            flush_s=0.01,
-            on_flush=flushes.append,
-        )
+    path = tmp_path / "l.sqlite"
+    writer = LedgerWriter(str(path))
+    summary = watch(
+        writer,
+        "c",
+        interval_s=5,
+        duration_s=0.2,
+        idle_below=5,
+        idle_for_s=10,
+        sampler=ScriptedSampler(batches),
+        flush_s=0.01,
+        on_flush=flushes.append,
+    )
+    assert writer.close()
+    with Ledger.open(path) as ledger:
         spans = ledger.idle_spans()
         assert len(ledger.samples()) == len(rows) == summary["samples"]
     assert [(s["start_unix"], s["end_unix"]) for s in spans] == [(5.0, 30.0), (40.0, 55.0)]
@@ -119,8 +123,10 @@ def test_watch_writes_samples_and_each_idle_span_once(tmp_path):
 
 
 def test_watch_samples_this_machine(tmp_path):
+    writer = LedgerWriter(str(tmp_path / "l.sqlite"))
+    summary = watch(writer, "c", interval_s=0.02, duration_s=0.2, flush_s=0.05, node="me")
+    assert writer.close()
     with Ledger.open(tmp_path / "l.sqlite") as ledger:
-        summary = watch(ledger, "c", interval_s=0.02, duration_s=0.2, flush_s=0.05, node="me")
         assert summary["samples"] >= 3 and not summary["interrupted"]
         assert {r["node"] for r in ledger.samples()} == {"me"}
 

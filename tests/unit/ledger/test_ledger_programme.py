@@ -1,0 +1,96 @@
+"""The programme view: allocated = productive + overhead + idle for every allocation, idle
+stretches flagged, groups ranked by their gap; ``gosok ledger allocate`` and ``report
+--programme`` from the command line."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from gosok.launcher.ledger.command import run_ledger_command
+from gosok.launcher.ledger.db import Ledger
+from gosok.launcher.ledger.programme import allocation_usage, programme_view
+
+H = 3600.0
+ALLOC = {"provider": "cloud-a", "cluster": "c1", "gpu_type": "H200", "project": "llm",
+         "gpus": 16, "start_unix": 0.0, "end_unix": 10 * H}  # fmt: skip
+
+
+def job(start_h, end_h, gpus, productive_h, cluster="c1", project="llm"):
+    return {"cluster": cluster, "project": project, "gpus": gpus, "started_unix": start_h * H,
+            "wall_s": (end_h - start_h) * H, "productive": productive_h * H}  # fmt: skip
+
+
+def test_parts_add_up_and_capacity_caps_use():
+    jobs = [job(1, 4, 8, 2.5), job(2, 3, 16, 1.0), job(6, 7, 8, 0.25),
+            job(0, 10, 8, 9, cluster="c2"), job(0, 10, 8, 9, project="other")]  # fmt: skip
+    spans = [{"cluster": "c1", "start_unix": 6.5 * H, "end_unix": 9 * H}]
+    usage = allocation_usage(ALLOC, jobs, spans, now_unix=100 * H)
+    assert usage["allocated"] == 16 * 10 * H
+    # 1-2 h: 8; 2-3 h: 24 capped at 16; 3-4 h: 8; 6-7 h: 8
+    assert usage["used"] == (8 + 16 + 8 + 8) * H
+    assert math.isclose(usage["productive"], (8 * 2.5 + 16 * 1.0 + 8 * 0.25) * H)
+    assert usage["low_util"] == 0.5 * H  # the span overlaps the running time 6.5-7 h only
+    total = usage["productive"] + usage["overhead"] + usage["idle"]
+    assert math.isclose(total, usage["allocated"])
+    assert [(a / H, b / H) for a, b in usage["empty"]] == [(0, 1), (4, 6), (7, 10)]
+
+
+def test_allocations_count_to_now_and_stretches_are_flagged_and_ranked():
+    busy = dict(ALLOC, cluster="c2", gpus=8)
+    jobs = [job(0, 5, 8, 4.5, cluster="c2"), job(0, 1, 16, 0.9)]
+    view = programme_view([ALLOC, busy], jobs, [], now_unix=5 * H, stretch_s=2 * H)
+    first, second = view["groups"]
+    assert (first["cluster"], second["cluster"]) == ("c1", "c2")  # the larger gap first
+    assert first["allocated_hours"] == 16 * 5 and first["idle_hours"] == 16 * 4
+    assert second["idle_hours"] == 0 and math.isclose(second["productive_hours"], 8 * 4.5)
+    (stretch,) = view["stretches"]
+    assert (stretch["cluster"], stretch["start_unix"], stretch["end_unix"]) == ("c1", H, 5 * H)
+
+
+def test_allocate_and_programme_report_from_the_command_line(tmp_path, capsys):
+    ledger_path = str(tmp_path / "l.sqlite")
+    grants = tmp_path / "grants.csv"
+    grants.write_text(
+        "project,cluster,provider,gpu_type,gpus,from,to\n"
+        "llm,c1,cloud-a,H200,16,2026-01-01,2026-01-02\n"
+        "vision,c2,cloud-b,B200,8,2026-01-01T00:00,2026-01-01T12:00\n"
+    )
+    assert run_ledger_command(["allocate", "--ledger", ledger_path, "--csv", str(grants)]) == 0
+    assert run_ledger_command(["allocate", "--ledger", ledger_path, "--csv", str(grants)]) == 0
+    args = ["--project", "llm", "--cluster", "c1", "--gpu-type", "H200", "--gpus", "8",
+            "--from", "2026-01-02", "--to", "2026-01-03"]  # fmt: skip
+    assert run_ledger_command(["allocate", "--ledger", ledger_path, *args]) == 0
+    with Ledger.open(ledger_path) as ledger:
+        assert len(ledger.allocations()) == 3  # the CSV twice is the same two grants
+    out = tmp_path / "r"
+    code = run_ledger_command(["report", "--programme", "--ledger", ledger_path,
+                               "--out-dir", str(out)])  # fmt: skip
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "IDLE STRETCH c1/llm" in text and "IDLE STRETCH c2/vision" in text
+    assert "IDLE STRETCHES" in (out / "programme.md").read_text()
+    assert (out / "programme.html").read_text().count("data:image/png;base64,") == 1
+    assert (out / "programme.csv").read_text().splitlines()[0].startswith("provider,cluster")
+
+
+@pytest.mark.parametrize(
+    "argv, named",
+    [
+        (["allocate", "--project", "p"], "missing --cluster"),
+        (["allocate", "--project", "p", "--cluster", "c", "--gpu-type", "H100", "--gpus", "0",
+          "--from", "2026-01-01", "--to", "2026-01-02"], "'0' is not allowed"),
+        (["allocate", "--project", "p", "--cluster", "c", "--gpu-type", "H100", "--gpus", "8",
+          "--from", "2026-01-02", "--to", "2026-01-01"], "--to must be after --from"),
+        (["allocate", "--project", "p", "--cluster", "c", "--gpu-type", "H100", "--gpus", "8",
+          "--from", "yesterday", "--to", "2026-01-01"], "'yesterday' is not allowed"),
+        (["allocate", "--csv", "/nonexistent.csv"], "cannot read it"),
+        (["serve", "--port", "99999"], "port 0-65535"),
+        (["push", "--ledger", "postgresql://u:secret@h/db"], "PGPASSWORD"),
+    ],
+)  # fmt: skip
+def test_bad_input_is_named(argv, named, capsys):
+    assert run_ledger_command(argv) == 2
+    err = capsys.readouterr().err
+    assert named in err and "Traceback" not in err and "secret" not in err
