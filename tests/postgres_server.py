@@ -108,9 +108,11 @@ class PostgresServer:
         return server
 
     def start_again(self) -> None:
+        # fsync=off is safe against the server being killed (the OS keeps what it wrote);
+        # synchronous_commit stays on: a commit the ledger was told of must survive a kill.
         options = (
             f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c synchronous_commit=off -c full_page_writes=off"
+            "-c full_page_writes=off"
         )
         self._run(
             "pg_ctl",
