@@ -28,8 +28,10 @@ MIN_SAMPLE_INTERVAL_S = 0.05
 class LedgerConfig:
     """Recording of every job into the goodput ledger (see ``gosok ledger report``)."""
 
-    #: SQLite file, ``sqlite:///relative`` or ``sqlite:////absolute``; None: the user data
-    #: directory (``$XDG_DATA_HOME/gosok/ledger.sqlite`` or ``~/.local/share/gosok/...``).
+    #: SQLite file, ``sqlite:///relative`` or ``sqlite:////absolute``, or a PostgreSQL server
+    #: ``postgresql://user@host:port/db`` (password from PGPASSWORD/PGPASSFILE/PGSERVICE);
+    #: None: the user data directory (``$XDG_DATA_HOME/gosok/ledger.sqlite`` or
+    #: ``~/.local/share/gosok/...``).
     path: str | None = None
     #: The project the job's device-hours are booked to (1-64 printable characters).
     project: str = "default"

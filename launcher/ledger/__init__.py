@@ -10,12 +10,14 @@ Use::
         ledger.finish_job(job_id, exit_status="ok", steps=5000)
         write_report(ledger, "ledger-report/")
 
-Modules: ``db`` (the SQLite store), ``goodput`` (pure breakdown of wall time, ETTR),
+Modules: ``db`` and ``backends`` (the store: SQLite or PostgreSQL), ``writer`` (ordered,
+retried, buffered writes), ``programme`` (allocations against use), ``metrics`` (Prometheus),
+``goodput`` (pure breakdown of wall time, ETTR),
 ``sampler`` (utilisation sampling, idle spans), ``watch`` (node-local sampling loop),
 ``report`` (md/html/csv), ``command`` (``gosok ledger report|watch``), ``recorder``
-(what ``gosok launch`` and ``gosok bench`` record). The package uses only the standard
-library, psutil, matplotlib, rich and, when present, nvidia-ml-py; the recorder also uses
-Ray, imported when it drains the nodes' samplers.
+(what ``gosok launch`` and ``gosok bench`` record). The package uses the standard library,
+psutil, matplotlib, rich, prometheus_client and, when present, nvidia-ml-py and psycopg; the
+recorder also uses Ray, imported when it drains the nodes' samplers.
 """
 
 from .db import Ledger, default_ledger_path, resolve_ledger_path

@@ -38,6 +38,10 @@ class _BadInput(Exception):
     pass
 
 
+class _Unreachable(Exception):
+    """The ledger's server did not answer (exit 1: not the input's fault)."""
+
+
 class _Parser(argparse.ArgumentParser):
     def error(self, message: str) -> None:  # type: ignore[override]
         raise _BadInput(f"{self.prog}: {message}")
@@ -153,6 +157,9 @@ def build_parser() -> argparse.ArgumentParser:
     serve.add_argument("--ledger", default=None, help=ledger_help)
     serve.add_argument("--port", type=_port, default=9464)
     serve.add_argument("--host", type=_text, default="127.0.0.1")
+    serve.add_argument(
+        "--duration-s", type=_number(0, above=True), default=None, help="default: until stopped"
+    )
 
     push = actions.add_parser("push", help="send writes kept while the ledger was away")
     push.add_argument("--ledger", default=None, help="send them here instead (default: theirs)")
@@ -171,9 +178,22 @@ def _open_ledger(value: str | None, must_exist: bool) -> Any:
         raise _BadInput(f"--ledger: {err}") from None
     if must_exist and isinstance(path, Path) and not path.is_file():
         raise _BadInput(f"--ledger {str(path)!r}: no such file; give an existing ledger file")
+    from .backends import is_transient
+
     try:
-        return Ledger.open(path)
-    except (OSError, RuntimeError, sqlite3.Error) as err:
+        return Ledger.open(path, timeout_s=10.0)
+    except ValueError as err:  # a server ledger without its driver
+        raise _BadInput(f"--ledger: {err}") from None
+    except Exception as err:
+        if is_transient(err):
+            first = (str(err).strip().splitlines() or [""])[0]
+            raise _Unreachable(
+                f"--ledger {str(path)!r}: the server did not answer ({type(err).__name__}: "
+                f"{first}); check the host, and the password in PGPASSWORD, PGPASSFILE or "
+                "PGSERVICE"
+            ) from None
+        if not isinstance(err, OSError | RuntimeError | sqlite3.Error):
+            raise
         raise _BadInput(f"--ledger {str(path)!r}: cannot open as a ledger: {err}") from None
 
 
@@ -333,6 +353,7 @@ def _serve(args: argparse.Namespace, console: Any) -> int:
             ready=lambda port: console.print(
                 f"serving the ledger's metrics at http://{args.host}:{port}/metrics"
             ),
+            duration_s=args.duration_s,
         )
     except OSError as err:
         raise _BadInput(f"--port {args.port}: cannot listen on {args.host} ({err})") from None
@@ -396,6 +417,9 @@ def run_ledger_command(argv: list[str]) -> int:
     except _BadInput as err:
         print(f"error: {err}", file=sys.stderr)
         return 2
+    except _Unreachable as err:
+        print(f"error: {err}", file=sys.stderr)
+        return 1
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else 0
     except KeyboardInterrupt:

@@ -146,8 +146,9 @@ def serve(
     host: str = "127.0.0.1",
     ready: Callable[[int], None] | None = None,
     stop: threading.Event | None = None,
+    duration_s: float | None = None,
 ) -> None:
-    """Serve ``/metrics`` on ``host:port`` until SIGTERM, Ctrl-C or ``stop``."""
+    """Serve ``/metrics`` on ``host:port`` until SIGTERM, Ctrl-C, ``stop`` or ``duration_s``."""
     from prometheus_client import CollectorRegistry, start_http_server
 
     registry = CollectorRegistry()
@@ -158,9 +159,11 @@ def serve(
         signal.signal(signal.SIGTERM, lambda *_: stop.set())
     if ready is not None:
         ready(server.server_port)
+    deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
-        while not stop.wait(0.5):
-            pass
+        while not stop.wait(0.2):
+            if deadline is not None and time.monotonic() >= deadline:
+                break
     finally:
         server.shutdown()
         thread.join(5)

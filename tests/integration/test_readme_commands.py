@@ -130,8 +130,13 @@ def filled(command: str, place: dict) -> list[str]:
     verb = expanded[0]
     if verb in ("bench", "launch") and "--cfg" not in expanded and "dry_run=true" not in argv:
         expanded.append("dry_run=true")
-    if verb == "ledger" and expanded[1] == "watch":
+    if verb == "ledger" and expanded[1] in ("watch", "serve"):
         expanded += ["--duration-s", "1"]
+    if verb == "ledger" and expanded[1] == "serve":
+        expanded[expanded.index("--port") + 1] = "0"
+    if "postgres" in place:  # a README server is the tests' real one
+        expanded = [re.sub(r"^postgresql://\S+$", place["postgres"].url, a) for a in expanded]
+        expanded = [re.sub(r"=postgresql://\S+$", "=" + place["postgres"].url, a) for a in expanded]
     return expanded
 
 
@@ -140,12 +145,16 @@ def _allowed(argv: list[str]) -> set[int]:
 
 
 @pytest.mark.parametrize("command", COMMANDS, ids=[c[:70] for c in COMMANDS])
-def test_readme_command_works_as_written(command, place, tmp_path):
+def test_readme_command_works_as_written(command, place, tmp_path, request):
     if command.split()[1] == "cluster":
         pytest.skip("run in order by test_local_cluster_lifecycle_as_written")
     if "isolation=netns" in command and netns_problem():
         pytest.skip(f"netns: {netns_problem()}")
     env = place["env"]
+    if "postgresql://" in command:  # the tests' server, or skipped where there is none
+        server = request.getfixturevalue("postgres")
+        place = {**place, "postgres": server}
+        env = {**env, **server.env}
     if command.startswith("gosok keys new"):  # a newcomer's first key: a home without one
         home = tmp_path / "fresh-home"
         home.mkdir()
