@@ -54,12 +54,22 @@ def _number(key: str, value: Any, allowed: str, ok: Any) -> list[str]:
 
 
 def _path_problem(value: str | None) -> str | None:
+    from gosok.launcher.ledger.backends import ServerURL
     from gosok.launcher.ledger.db import resolve_ledger_path
 
     try:
         path = resolve_ledger_path(value)
     except ValueError as err:
         return str(err)
+    if isinstance(path, ServerURL):
+        try:
+            import psycopg  # noqa: F401
+        except ImportError:
+            return (
+                f"ledger.path={path!r}: a PostgreSQL ledger needs psycopg; allowed: install "
+                "gosok with it (pip install 'gosok[postgres]') or a SQLite file"
+            )
+        return None
     if not isinstance(path, Path):
         return None
     shown = f"ledger.path={value!r}" if value else f"ledger.path (default {str(path)!r})"

@@ -130,6 +130,12 @@ def build_parser() -> argparse.ArgumentParser:
         default=1.0,
         help="flag spans of at least this many hours in which an allocation ran nothing",
     )
+    report.add_argument(
+        "--idle-below",
+        type=_number(0, 100),
+        default=5.0,
+        help="utilisation %% below which a watched device counts as idle (--programme)",
+    )
 
     watch = actions.add_parser("watch", help="sample this node into the ledger")
     watch.add_argument("--ledger", default=None, help=ledger_help)
@@ -244,7 +250,9 @@ def _programme(args: argparse.Namespace, out_dir: Path, console: Any) -> int:
     from .report import write_programme
 
     with _open_ledger(args.ledger, must_exist=True) as ledger:
-        paths, view = write_programme(ledger, out_dir, stretch_s=args.stretch_h * 3600.0)
+        paths, view = write_programme(
+            ledger, out_dir, stretch_s=args.stretch_h * 3600.0, idle_below=args.idle_below
+        )
     table = Table(title=f"programme: {len(view['groups'])} groups, largest gap first")
     columns = ("provider", "cluster", "GPU type", "project", "allocated", "used", "productive",
                "idle", "gap")  # fmt: skip

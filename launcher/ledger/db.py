@@ -612,6 +612,18 @@ class Ledger:
             f"SELECT * FROM samples{clause} ORDER BY cluster, node, device, unix", params
         )
 
+    def watcher_samples(self, since_unix: float | None = None) -> list[dict[str, Any]]:
+        """Samples of no job: what ``gosok ledger watch`` saw on the nodes."""
+        where, params = ["job_id IS NULL"], {}
+        if since_unix is not None:
+            where.append("unix >= :since")
+            params["since"] = since_unix
+        return self._select(
+            f"SELECT * FROM samples WHERE {' AND '.join(where)}"
+            " ORDER BY cluster, node, device, unix",
+            params,
+        )
+
     def sample_aggregates(self, job_id: str | None = None) -> list[dict[str, Any]]:
         """Per job (``job_key``, ``""`` for none), node and device totals of pruned samples."""
         where, params = _filters(job_key=job_id)

@@ -10,7 +10,7 @@ Every series is labelled by ``provider``, ``cluster``, ``gpu_type`` and ``projec
 ``state`` or ``cause``), never by job, rank or step, so the number of series stays bounded
 by the programme's shape, not by its history. Figures come from ``programme.programme_view``
 (allocations) and ``report.job_rows`` (each job's goodput breakdown), computed at scrape
-time, at most every ``cache_s`` seconds:
+time (the idle rule: below 5 % utilisation), at most every ``cache_s`` seconds:
 
 - ``gosok_gpu_hours_total{state}``: allocated, used, productive and idle GPU-hours of the
   allocations so far (see ``programme.py`` for what each counts);
@@ -31,7 +31,7 @@ import time
 from collections.abc import Callable, Iterator
 from typing import Any
 
-from .programme import GROUP_KEYS, STATES, programme_view
+from .programme import GROUP_KEYS, STATES
 
 LABELS = list(GROUP_KEYS)
 
@@ -39,11 +39,11 @@ LABELS = list(GROUP_KEYS)
 def _families(ledger: Any, now: float) -> list[Any]:
     from prometheus_client.core import CounterMetricFamily, GaugeMetricFamily
 
-    from .report import job_rows
+    from .report import job_rows, programme_of
 
     allocations = ledger.allocations()
     jobs = job_rows(ledger, now_unix=now)
-    view = programme_view(allocations, jobs, ledger.idle_spans(), now_unix=now)
+    view = programme_of(ledger, now, jobs=jobs)
     provider_of = {a["cluster"]: a["provider"] for a in allocations}
 
     def key(row: dict[str, Any]) -> tuple[str, ...]:

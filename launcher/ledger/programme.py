@@ -1,10 +1,12 @@
 """Where the programme's allocated GPU-hours went: pure arithmetic over allocations, job
-rows (``report.job_rows``: each job's breakdown) and idle spans; no I/O.
+rows (``report.job_rows``: each job's breakdown), idle spans and the busy intervals of
+node watchers (``gosok ledger watch``); no I/O.
 
 Use::
 
     view = programme_view(ledger.allocations(), job_rows(ledger), ledger.idle_spans(),
-                          now_unix=time.time(), stretch_s=3600)
+                          now_unix=time.time(), stretch_s=3600,
+                          watched=busy_intervals(watcher_samples, idle_below))
     view["groups"]      # per provider, cluster, GPU type, project; largest gap first
     view["stretches"]   # allocated, nothing running, at least stretch_s long
 
@@ -13,7 +15,11 @@ the jobs of its project on its cluster:
 
 - ``allocated``: G x its elapsed time;
 - ``used``: at each moment the GPUs of its running jobs, at most G, over time (a job runs
-  from its start to its end, or to now while it runs);
+  from its start to its end, or to now while it runs), plus ``outside``;
+- ``outside``: devices the node watchers saw busy (utilisation at or above the idle rule)
+  beyond those the gosok jobs hold, at most the GPUs no job holds: work run without gosok
+  on the allocation's cluster still counts as used (not as productive: nothing reports
+  its progress). Watchers' GPU rows count, or their CPU rows where the GPU type is ``cpu``;
 - ``productive``: each job's productive time (its goodput breakdown) x its GPUs, over the
   part of the job inside the allocation, at most ``used``;
 - ``low_util``: device-time of idle spans (utilisation below the idle rule, from the job's
@@ -26,7 +32,7 @@ the jobs of its project on its cluster:
 So ``productive + overhead + idle == allocated`` for every allocation and every group.
 Hours are GPU-hours (CPU-hours where the GPU type is ``cpu``). ``gap`` (allocated -
 productive) ranks the groups; ``stretches`` lists each span of at least ``stretch_s`` in
-which an allocation ran nothing at all.
+which an allocation ran no gosok job and no watched device of its cluster was busy.
 """
 
 from __future__ import annotations
@@ -36,6 +42,7 @@ from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
 
 STATES = ("allocated", "used", "productive", "idle")
+PARTS = (*STATES, "overhead", "low_util", "outside")
 GROUP_KEYS = ("provider", "cluster", "gpu_type", "project")
 DEFAULT_STRETCH_S = 3600.0
 
@@ -72,13 +79,44 @@ def _running(
     return segments
 
 
+def _watched(
+    watched: Iterable[tuple[str, str, str, float, float]], allocation: Mapping[str, Any]
+) -> list[tuple[float, float]]:
+    """The watchers' busy intervals that count for the allocation (its cluster; GPU rows,
+    or CPU rows where its GPU type is ``cpu``)."""
+    cpu = str(allocation["gpu_type"]).lower() == "cpu"
+    return [
+        (start, end)
+        for cluster, _node, device, start, end in watched
+        if cluster == allocation["cluster"] and (device == "cpu") == cpu
+    ]
+
+
+def _quiet(a: float, b: float, busy: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
+    """The parts of [a, b) no busy interval covers."""
+    pieces, at = [], a
+    for start, end in sorted((max(s, a), min(e, b)) for s, e in busy if e > a and s < b):
+        if start > at:
+            pieces.append((at, start))
+        at = max(at, end)
+    if at < b:
+        pieces.append((at, b))
+    return pieces
+
+
+def _watched_s(busy: Iterable[tuple[float, float]], a: float, b: float) -> float:
+    """Device-seconds busy within [a, b)."""
+    return sum(_clip(a, b, start, end) for start, end in busy)
+
+
 def allocation_usage(
     allocation: Mapping[str, Any],
     jobs: Iterable[Mapping[str, Any]],
     spans: Iterable[Mapping[str, Any]],
     now_unix: float,
+    watched: Iterable[tuple[str, str, str, float, float]] = (),
 ) -> dict[str, Any]:
-    """One allocation's GPU-seconds by state, and its fully idle segments."""
+    """One allocation's GPU-seconds by state, and its idle segments (no job, quiet)."""
     gpus = int(allocation["gpus"])
     t0 = float(allocation["start_unix"])
     t1 = max(t0, min(float(allocation["end_unix"]), now_unix))
@@ -92,6 +130,11 @@ def allocation_usage(
     segments = _running(mine, gpus, t0, t1)
     allocated = gpus * (t1 - t0)
     used = sum((b - a) * n for a, b, n in segments)
+    busy = _watched(watched, allocation)
+    outside = sum(
+        min(max(_watched_s(busy, a, b) - n * (b - a), 0.0), (gpus - n) * (b - a))
+        for a, b, n in segments
+    )
     productive = 0.0
     for job in mine:
         a, b = _job_interval(job)
@@ -99,22 +142,23 @@ def allocation_usage(
             share = _clip(t0, t1, a, b) / (b - a)
             productive += int(job.get("gpus") or 0) * float(job.get("productive") or 0.0) * share
     productive = min(productive, used)
-    busy = [(a, b) for a, b, n in segments if n > 0]
+    running = [(a, b) for a, b, n in segments if n > 0]
     low = sum(
         _clip(a, b, float(s["start_unix"]), float(s["end_unix"]))
         for s in spans
         if s["cluster"] == allocation["cluster"]
-        for a, b in busy
+        for a, b in running
     )
     low = min(low, used - productive)
     return {
         "allocated": allocated,
-        "used": used,
+        "used": used + outside,
+        "outside": outside,
         "productive": productive,
         "low_util": low,
-        "idle": allocated - used + low,
-        "overhead": used - productive - low,
-        "empty": [(a, b) for a, b, n in segments if n == 0],
+        "idle": allocated - used - outside + low,
+        "overhead": used + outside - productive - low,
+        "empty": [piece for a, b, n in segments if n == 0 for piece in _quiet(a, b, busy)],
     }
 
 
@@ -124,26 +168,27 @@ def programme_view(
     spans: Iterable[Mapping[str, Any]],
     now_unix: float | None = None,
     stretch_s: float = DEFAULT_STRETCH_S,
+    watched: Iterable[tuple[str, str, str, float, float]] = (),
 ) -> dict[str, list[dict[str, Any]]]:
     """Groups (hours by state, ``gap``, ``use``/``goodput`` shares), largest gap first, and
     the idle stretches, longest first."""
     now = time.time() if now_unix is None else now_unix
-    jobs, spans = list(jobs), list(spans)
+    jobs, spans, watched = list(jobs), list(spans), list(watched)
     groups: dict[tuple, dict[str, Any]] = {}
     stretches = []
     for alloc in allocations:
-        usage = allocation_usage(alloc, jobs, spans, now)
+        usage = allocation_usage(alloc, jobs, spans, now, watched)
         key = tuple(str(alloc.get(k) or "") for k in GROUP_KEYS)
         group = groups.setdefault(
             key,
             dict(zip(GROUP_KEYS, key, strict=True))
             | {"allocations": 0, "gpus_now": 0}
-            | {f"{s}_hours": 0.0 for s in (*STATES, "overhead", "low_util")},
+            | {f"{s}_hours": 0.0 for s in PARTS},
         )
         group["allocations"] += 1
         if float(alloc["start_unix"]) <= now < float(alloc["end_unix"]):
             group["gpus_now"] += int(alloc["gpus"])
-        for state in (*STATES, "overhead", "low_util"):
+        for state in PARTS:
             group[f"{state}_hours"] += usage[state] / 3600.0
         for a, b in usage["empty"]:
             if b - a >= stretch_s:

@@ -513,7 +513,7 @@ def write_report(
 PROGRAMME_CSV = (
     "provider", "cluster", "gpu_type", "project", "unit", "allocations", "gpus_now",
     "allocated_hours", "used_hours", "productive_hours", "idle_hours", "overhead_hours",
-    "low_util_hours", "gap_hours", "use", "goodput",
+    "low_util_hours", "outside_hours", "gap_hours", "use", "goodput",
 )  # fmt: skip
 STATE_COLOURS = {"productive": "#2e7d32", "overhead": "#ef6c00", "idle": "#c62828"}
 
@@ -539,22 +539,40 @@ def plot_programme(groups: Sequence[Mapping[str, Any]]) -> bytes:
     return _png(figure)
 
 
+def programme_of(
+    ledger: Any,
+    now_unix: float,
+    stretch_s: float = 3600.0,
+    idle_below: float = 5.0,
+    jobs: Sequence[Mapping[str, Any]] | None = None,
+) -> dict[str, list[dict[str, Any]]]:
+    """``programme.programme_view`` of everything in ``ledger`` up to ``now_unix``."""
+    from .programme import programme_view
+    from .sampler import busy_intervals
+
+    return programme_view(
+        ledger.allocations(),
+        job_rows(ledger, now_unix=now_unix) if jobs is None else jobs,
+        ledger.idle_spans(),
+        now_unix,
+        stretch_s,
+        watched=busy_intervals(ledger.watcher_samples(), idle_below),
+    )
+
+
 def write_programme(
     ledger: Any,
     out_dir: str | os.PathLike[str],
     now_unix: float | None = None,
     stretch_s: float = 3600.0,
+    idle_below: float = 5.0,
 ) -> tuple[dict[str, Path], dict[str, list[dict[str, Any]]]]:
     """Write ``programme.md``, ``programme.html`` and ``programme.csv`` (see
     ``programme.py``); returns the paths and the view they show."""
-    from .programme import programme_view
-
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     now = time.time() if now_unix is None else now_unix
-    view = programme_view(
-        ledger.allocations(), job_rows(ledger, now_unix=now), ledger.idle_spans(), now, stretch_s
-    )
+    view = programme_of(ledger, now, stretch_s, idle_below)
     groups, stretches = view["groups"], view["stretches"]
 
     def h(value: float) -> str:
@@ -583,7 +601,8 @@ def write_programme(
         f"Ledger: {ledger.path}",
         f"Generated {_utc(now)}; {len(groups)} groups, {len(stretches)} idle stretches. "
         "allocated = productive + overhead + idle; idle = allocated with nothing running, "
-        "plus utilisation below the idle rule while jobs ran.",
+        "plus utilisation below the idle rule while jobs ran; used counts what the node "
+        "watchers saw busy beyond the gosok jobs (work run without gosok).",
     ]
     figures = [("Where the allocated hours went", plot_programme(groups))] if groups else []
     out_csv = io.StringIO()

@@ -27,6 +27,7 @@ the columns of the ledger's ``samples`` table. A metric a GPU does not report is
 
 from __future__ import annotations
 
+import math
 import socket
 import statistics
 import threading
@@ -310,6 +311,25 @@ def idle_spans(
                 }
             )
     return spans
+
+
+def busy_intervals(
+    samples: Iterable[Mapping[str, Any]], busy_from_pct: float, max_gap_s: float | None = None
+) -> list[tuple[str, str, str, float, float]]:
+    """``(cluster, node, device, start, end)`` for each sample at or above
+    ``busy_from_pct``: it stands for its device until the next sample of the series, at
+    most ``max_gap_s`` (default: 3 x the series' median interval; a lone sample: none)."""
+    found = []
+    for (cluster, node, device), rows in sorted(_series(samples).items()):
+        limit = _gap_limit(rows, max_gap_s)
+        for row, after in zip(rows, [*rows[1:], None], strict=True):
+            value = utilisation(row)
+            if value is None or value < busy_from_pct:
+                continue
+            end = row["unix"] + limit if after is None else min(after["unix"], row["unix"] + limit)
+            if math.isfinite(end) and end > row["unix"]:
+                found.append((cluster, node, device, float(row["unix"]), float(end)))
+    return found
 
 
 def trailing_idle(

@@ -11,6 +11,7 @@ import pytest
 from gosok.launcher.ledger.command import run_ledger_command
 from gosok.launcher.ledger.db import Ledger
 from gosok.launcher.ledger.programme import allocation_usage, programme_view
+from gosok.launcher.ledger.sampler import busy_intervals
 
 H = 3600.0
 ALLOC = {"provider": "cloud-a", "cluster": "c1", "gpu_type": "H200", "project": "llm",
@@ -94,3 +95,29 @@ def test_bad_input_is_named(argv, named, capsys):
     assert run_ledger_command(argv) == 2
     err = capsys.readouterr().err
     assert named in err and "Traceback" not in err and "secret" not in err
+
+
+def test_work_run_without_gosok_counts_as_used_not_idle():
+    # Two watched GPUs busy from 2 h to 4 h (one gosok job of 8 GPUs runs 3-4 h on the
+    # same cluster): 2-3 h adds 2 GPU-hours outside gosok; 3-4 h the watchers see fewer
+    # busy devices than the job holds, so nothing more.
+    watched = [("c1", "n1", f"gpu{d}", 2 * H + 60 * i, 2 * H + 60 * (i + 1))
+               for d in range(2) for i in range(120)]  # fmt: skip
+    watched += [("c1", "n1", "cpu", 0.0, 10 * H), ("c2", "n9", "gpu0", 0.0, 10 * H)]
+    usage = allocation_usage(ALLOC, [job(3, 4, 8, 0.5)], [], 100 * H, watched)
+    assert math.isclose(usage["outside"], 2 * H)
+    assert math.isclose(usage["used"], 8 * H + 2 * H)
+    total = usage["productive"] + usage["overhead"] + usage["idle"]
+    assert math.isclose(total, usage["allocated"])
+    # 0-2 h and 4-10 h ran nothing and were quiet; 2-3 h was busy outside gosok.
+    assert [(a / H, b / H) for a, b in usage["empty"]] == [(0, 2), (4, 10)]
+
+
+def test_busy_intervals_follow_the_samples():
+    values = ((0, 90), (10, 2), (20, 50), (30, 60), (200, 70))
+    rows = [{"cluster": "c", "node": "n", "device": "gpu0", "unix": float(t),
+             "gpu_util_pct": u} for t, u in values]  # fmt: skip
+    assert busy_intervals(rows, 5.0) == [
+        ("c", "n", "gpu0", 0.0, 10.0), ("c", "n", "gpu0", 20.0, 30.0),
+        ("c", "n", "gpu0", 30.0, 60.0), ("c", "n", "gpu0", 200.0, 230.0),
+    ]  # fmt: skip

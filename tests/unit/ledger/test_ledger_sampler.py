@@ -167,3 +167,26 @@ def test_nvml_rows_with_a_stand_in_pynvml(monkeypatch):
         None,
         2**30,
     )
+
+
+def test_watch_command_stops_on_sigterm_and_keeps_its_samples(tmp_path):
+    import os
+    import signal
+    import subprocess
+    import sys
+    import time
+
+    path = tmp_path / "l.sqlite"
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "gosok.launcher.cli", "ledger", "watch", "--ledger", str(path),
+         "--cluster", "c", "--node", "me", "--interval-s", "0.05"],
+        stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+        env={**os.environ, "XDG_DATA_HOME": str(tmp_path / "data")},
+    )  # fmt: skip
+    assert "SIGTERM" in proc.stdout.readline()
+    time.sleep(1.0)
+    proc.send_signal(signal.SIGTERM)
+    out = proc.communicate(timeout=60)[0]
+    assert proc.returncode == 0, out
+    with Ledger.open(path) as ledger:
+        assert len(ledger.samples()) >= 3, out
