@@ -17,6 +17,7 @@ import contextlib
 import glob
 import os
 import pwd
+import random
 import shutil
 import socket
 import subprocess
@@ -40,9 +41,17 @@ def _bindir() -> Path | None:
 
 
 def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
+    """A free port below the kernel's ephemeral range and above Ray's worker ports
+    (10002-19999): a restarted server must find its port still free, not taken by an
+    outgoing connection or a Ray process that started while it was down."""
+    for port in random.sample(range(21000, 32000), 200):
+        with socket.socket() as sock:
+            try:
+                sock.bind(("127.0.0.1", port))
+            except OSError:
+                continue
+            return port
+    raise RuntimeError("no free port in 21000-32000 for the test PostgreSQL")
 
 
 @dataclass
@@ -114,17 +123,13 @@ class PostgresServer:
             f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
             "-c full_page_writes=off"
         )
-        self._run(
-            "pg_ctl",
-            "-D",
-            str(self.base / "data"),
-            "-o",
-            options,
-            "-l",
-            str(self.base / "server.log"),
-            "-w",
-            "start",
-        )
+        started = self._run(
+            "pg_ctl", "-D", str(self.base / "data"), "-o", options,
+            "-l", str(self.base / "server.log"), "-w", "start", check=False,
+        )  # fmt: skip
+        if started.returncode != 0:
+            log = (self.base / "server.log").read_text(errors="replace")[-2000:]
+            raise RuntimeError(f"PostgreSQL did not start on port {self.port}:\n{log}")
 
     def stop(self, mode: str = "fast") -> None:
         self._run("pg_ctl", "-D", str(self.base / "data"), "-m", mode, "-w", "stop", check=False)

@@ -14,9 +14,10 @@ password: libpq takes it from ``PGPASSWORD``, ``PGPASSFILE`` (default ``~/.pgpas
 
 Both connections offer the same small surface to ``db.Ledger``: ``write()`` (a transaction),
 ``read()``, ``schema_version(cur)`` / ``set_schema_version(cur, n)``, ``has_ledger(cur)``,
-``lock_schema(cur)`` (serialises migrations between writers that start at once) and
-``close()``. The SQL itself is shared (``:name`` placeholders, ``ON CONFLICT``, ``DOUBLE
-PRECISION``); only what differs lives here.
+``lock_schema(cur)`` (serialises migrations between writers that start at once),
+``lock(cur, name)`` (serialises a read-then-write) and ``close()``. The SQL itself is
+shared (``:name`` placeholders, ``ON CONFLICT``, ``DOUBLE PRECISION``); only what differs
+lives here.
 """
 
 from __future__ import annotations
@@ -59,28 +60,43 @@ def _without_password(url: str) -> str:
     if secret is not None:
         host = parts.netloc.rsplit("@", 1)[-1]
         parts = parts._replace(netloc=f"{parts.username}:<redacted>@{host}")
-    if any(key == "password" for key, _ in query):
-        kept = [f"{k}={'<redacted>' if k == 'password' else v}" for k, v in query]
+    if any(key in SECRET_PARAMETERS for key, _ in query):
+        kept = [f"{k}={'<redacted>' if k in SECRET_PARAMETERS else v}" for k, v in query]
         parts = parts._replace(query="&".join(kept))
     return urlunsplit(parts)
 
 
+SECRET_PARAMETERS = ("password", "sslpassword")
+
+
 def _server_url(text: str, scheme: str) -> ServerURL:
-    shown = _without_password(text)
+    rest = text.split("://", 1)[1]
+    userinfo = rest[: rest.rindex("@")] if "@" in rest else ""
+    if ":" in userinfo or any(c in userinfo for c in "/?#"):
+        # user:password@, even with an unencoded '/', '?' or '#' in the password: the
+        # URL itself is not shown, it may hold one.
+        raise ValueError(
+            f"ledger.path {scheme}://<not shown>: a PostgreSQL URL must not carry a password "
+            "(it would be kept in configs, logs and process lists); give it through "
+            f"{CREDENTIAL_SOURCES}"
+        )
     try:
         parts = urlsplit(text)
         query = dict(parse_qsl(parts.query))
         parts.port  # noqa: B018 - raises on a bad port
-    except ValueError as err:
-        raise ValueError(f"ledger.path {shown!r}: not a PostgreSQL URL ({err})") from None
-    if parts.password is not None or "password" in query:
+    except ValueError:
         raise ValueError(
-            f"ledger.path {shown!r}: a PostgreSQL URL must not carry a password (it would "
-            f"be kept in configs, logs and process lists); give it through {CREDENTIAL_SOURCES}"
+            f"ledger.path {scheme}://<not shown>: not a PostgreSQL URL; allowed: "
+            "postgresql://user@host:port/database"
+        ) from None
+    if any(key in query for key in SECRET_PARAMETERS):
+        raise ValueError(
+            f"ledger.path {_without_password(text)!r}: a PostgreSQL URL must not carry a "
+            f"password; give it through {CREDENTIAL_SOURCES}"
         )
     if not parts.hostname and "host" not in query and "service" not in query:
         raise ValueError(
-            f"ledger.path {shown!r}: name the server, postgresql://user@host:port/database"
+            f"ledger.path {text!r}: name the server, postgresql://user@host:port/database"
         )
     base = "postgresql" if scheme in SERVER_SCHEMES else scheme
     return ServerURL(urlunsplit(parts._replace(scheme=base)))
@@ -134,7 +150,16 @@ def is_transient(err: BaseException) -> bool:
         import psycopg
     except ImportError:
         return False
-    return isinstance(err, psycopg.OperationalError | psycopg.errors.AdminShutdown)
+    if not isinstance(err, psycopg.Error):
+        return False
+    # Connection errors, a shutdown or crash of the server, a standby during a failover,
+    # a transaction broken by either (SQLSTATE classes 08, 57P and 25006, 25P02).
+    state = getattr(err, "sqlstate", None) or ""
+    return (
+        isinstance(err, psycopg.OperationalError)
+        or state.startswith(("08", "57P"))
+        or state in ("25006", "25P02")
+    )
 
 
 def connect(target: Path | str, timeout_s: float) -> Any:
@@ -181,6 +206,9 @@ class _SqliteConnection:
 
     def lock_schema(self, cur: Any) -> None:
         """``BEGIN IMMEDIATE`` already holds the file's write lock."""
+
+    def lock(self, cur: Any, name: str) -> None:
+        """Nothing to do: a write transaction holds the whole file."""
 
     @contextmanager
     def write(self) -> Iterator[Any]:
@@ -243,13 +271,21 @@ class _PostgresConnection:
                 "install gosok with it: pip install 'gosok[postgres]'"
             ) from None
         self.path = url
+        # Bounded waits: a server that stops answering mid-query (a half-open connection)
+        # is found by TCP keepalives and the user timeout, not waited on for ever.
         self.conn = psycopg.connect(
             str(url),
             autocommit=True,
             connect_timeout=max(1, int(timeout_s)),
             application_name="gosok",
+            keepalives=1,
+            keepalives_idle=5,
+            keepalives_interval=2,
+            keepalives_count=3,
+            tcp_user_timeout=int(timeout_s * 1000),
         )
         self.conn.execute(f"SET lock_timeout = {int(timeout_s * 1000)}")
+        self.conn.execute(f"SET statement_timeout = {int(max(timeout_s, 60.0) * 1000)}")
 
     @staticmethod
     def _exists(cur: Any, table: str) -> bool:
@@ -281,6 +317,13 @@ class _PostgresConnection:
 
     def lock_schema(self, cur: Any) -> None:
         cur.execute("SELECT pg_advisory_xact_lock(:key)", {"key": _SCHEMA_LOCK})
+
+    def lock(self, cur: Any, name: str) -> None:
+        """Serialise read-then-write transactions on ``name`` (a job id, pruning) until
+        commit: READ COMMITTED alone lets two writers read the same state."""
+        cur.execute(
+            "SELECT pg_advisory_xact_lock(:a, hashtext(:name))", {"a": 0x676F, "name": name}
+        )
 
     @contextmanager
     def write(self) -> Iterator[Any]:

@@ -198,9 +198,10 @@ def _open_ledger(value: str | None, must_exist: bool) -> Any:
                 f"{first}); check the host, and the password in PGPASSWORD, PGPASSFILE or "
                 "PGSERVICE"
             ) from None
-        if not isinstance(err, OSError | RuntimeError | sqlite3.Error):
+        if not (isinstance(err, OSError | RuntimeError | sqlite3.Error) or _is_db_error(err)):
             raise
-        raise _BadInput(f"--ledger {str(path)!r}: cannot open as a ledger: {err}") from None
+        first = (str(err).strip().splitlines() or [""])[0]
+        raise _BadInput(f"--ledger {str(path)!r}: cannot open as a ledger: {first}") from None
 
 
 def _report(args: argparse.Namespace, console: Any) -> int:
@@ -412,6 +413,14 @@ def _watch(args: argparse.Namespace, console: Any) -> int:
     return 0
 
 
+def _is_db_error(err: BaseException) -> bool:
+    try:
+        import psycopg
+    except ImportError:
+        return False
+    return isinstance(err, psycopg.Error)
+
+
 def run_ledger_command(argv: list[str]) -> int:
     """``gosok ledger ...``; returns the exit code (2 for bad input)."""
     from rich.console import Console
@@ -427,6 +436,14 @@ def run_ledger_command(argv: list[str]) -> int:
         return 2
     except _Unreachable as err:
         print(f"error: {err}", file=sys.stderr)
+        return 1
+    except Exception as err:  # the ledger failed under the command (a server restart)
+        from .backends import is_transient
+
+        if not (is_transient(err) or isinstance(err, sqlite3.Error) or _is_db_error(err)):
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(f"error: the ledger failed: {type(err).__name__}: {first}", file=sys.stderr)
         return 1
     except SystemExit as done:
         return done.code if isinstance(done.code, int) else 0

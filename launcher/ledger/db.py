@@ -28,7 +28,7 @@ Schema: the version lives in ``PRAGMA user_version`` (SQLite) or ``gosok_schema`
 keeping its rows, under a lock that makes writers starting at once migrate it once; one
 newer than this code is refused. Version 1 had no ``samples``/``sample_aggregates``, no
 ``jobs.tokens``/``jobs.mfu``, no ``attempts.last_step_unix``, no ``idle_spans.device``;
-version 2 had no ``allocations`` and no ``applied_ops``.
+version 2 had no ``allocations``, ``applied_ops`` or ``busy_spans``.
 
 ``apply(op)`` writes one journaled operation exactly once (``applied_ops`` remembers its
 id): what a writer buffered while the ledger was away can be sent again safely.
@@ -160,7 +160,17 @@ _V3_NEW_TABLES = (
         result TEXT,
         unix DOUBLE PRECISION NOT NULL
     )""",
+    """CREATE TABLE busy_spans (
+        cluster TEXT NOT NULL,
+        node TEXT NOT NULL,
+        device TEXT NOT NULL,
+        start_unix DOUBLE PRECISION NOT NULL,
+        end_unix DOUBLE PRECISION NOT NULL
+    )""",
     "CREATE INDEX allocations_time ON allocations (cluster, start_unix)",
+    "CREATE INDEX samples_job ON samples (job_id, unix)",
+    "CREATE INDEX busy_spans_time ON busy_spans (cluster, start_unix)",
+    "CREATE INDEX applied_ops_time ON applied_ops (unix)",
 )
 
 
@@ -175,6 +185,8 @@ MIGRATIONS = {1: _migrate_1_to_2, 2: _migrate_2_to_3}
 JOURNALED = ("start_job", "record_attempt", "record_event", "finish_job", "add_samples",
              "add_idle_span", "allocate")  # fmt: skip
 JOB_METHODS = ("start_job", "record_attempt", "record_event", "finish_job")
+BUSY_FROM_PCT = 5.0  # a pruned watcher sample at or above this counts as busy
+OPS_KEPT_S = 30 * 24 * 3600.0  # a buffer older than this could be applied twice
 
 
 def _create_v1(cur: Any) -> None:
@@ -430,14 +442,35 @@ class Ledger:
 
     def prune_samples(self, older_than_s: float, now_unix: float | None = None) -> int:
         """Fold samples older than ``older_than_s`` into ``sample_aggregates`` (count, sum
-        and max per job, node and device) and delete them; returns rows deleted."""
-        cutoff = (time.time() if now_unix is None else now_unix) - older_than_s
+        and max per job, node and device) and delete them; a watcher's samples (no job)
+        also leave their busy time as ``busy_spans`` (at or above ``BUSY_FROM_PCT``), which
+        the programme view reads for the past. Journal entries (``applied_ops``) older than
+        ``OPS_KEPT_S`` go too. Returns the sample rows deleted."""
+        from .sampler import busy_intervals
+
+        now = time.time() if now_unix is None else now_unix
+        cutoff = now - older_than_s
         metric_sql = ", ".join(
             f"COUNT({m}) AS {m}_n, CAST(COALESCE(SUM({m}), 0) AS DOUBLE PRECISION) AS {m}_sum,"
             f" MAX({m}) AS {m}_max"
             for m in SAMPLE_METRICS
         )
         with self._write() as cur:
+            self._db.lock(cur, "prune")
+            cur.execute(
+                "SELECT * FROM samples WHERE job_id IS NULL AND unix < :cutoff"
+                " ORDER BY cluster, node, device, unix",
+                {"cutoff": cutoff},
+            )
+            watched = [_row(cur, raw) for raw in cur.fetchall()]
+            cur.executemany(
+                "INSERT INTO busy_spans (cluster, node, device, start_unix, end_unix)"
+                " VALUES (:cluster, :node, :device, :start, :end)",
+                [
+                    {"cluster": c, "node": n, "device": d, "start": a, "end": b}
+                    for c, n, d, a, b in _merged(busy_intervals(watched, BUSY_FROM_PCT))
+                ],
+            )
             cur.execute(
                 "SELECT COALESCE(job_id, '') AS job_key, cluster, node, device, COUNT(*) AS n,"
                 f" MIN(unix) AS first_unix, MAX(unix) AS last_unix, {metric_sql}"
@@ -466,7 +499,9 @@ class Ledger:
                     agg,
                 )
             cur.execute("DELETE FROM samples WHERE unix < :cutoff", {"cutoff": cutoff})
-            return max(cur.rowcount, 0)
+            deleted = max(cur.rowcount, 0)
+            cur.execute("DELETE FROM applied_ops WHERE unix < :t", {"t": now - OPS_KEPT_S})
+            return deleted
 
     def allocate(
         self,
@@ -485,7 +520,9 @@ class Ledger:
         so recording the same grant again (a CSV imported twice) updates it."""
         if not end_unix > start_unix or int(gpus) < 1:
             raise ValueError("an allocation needs gpus >= 1 and end after start")
-        key = "|".join(map(str, (provider, cluster, gpu_type, project, start_unix, end_unix)))
+        key = "|".join(
+            map(str, (provider, cluster, gpu_type, project, float(start_unix), float(end_unix)))
+        )
         allocation_id = "alloc-" + hashlib.sha256(key.encode()).hexdigest()[:16]
         with self._write() as cur:
             cur.execute(
@@ -534,6 +571,7 @@ class Ledger:
                 return done[0]
             result = None
             if method == "start_job":
+                self._db.lock(cur, f"job:{kwargs['job_id']}")  # two clusters, one base id
                 result = kwargs["job_id"] = self.unique_job_id(kwargs["job_id"])
             elif op.get("job"):
                 cur.execute("SELECT result FROM applied_ops WHERE op_id = :id", {"id": op["job"]})
@@ -612,6 +650,10 @@ class Ledger:
             f"SELECT * FROM samples{clause} ORDER BY cluster, node, device, unix", params
         )
 
+    def busy_spans(self) -> list[dict[str, Any]]:
+        """Busy time of watched devices whose samples were pruned (see ``prune_samples``)."""
+        return self._select("SELECT * FROM busy_spans ORDER BY cluster, node, device, start_unix")
+
     def watcher_samples(self, since_unix: float | None = None) -> list[dict[str, Any]]:
         """Samples of no job: what ``gosok ledger watch`` saw on the nodes."""
         where, params = ["job_id IS NULL"], {}
@@ -634,12 +676,12 @@ class Ledger:
         )
 
     def attempt_counts(self) -> list[dict[str, Any]]:
-        """Attempts per project, cluster, GPU type and cause (``running`` while open)."""
+        """Ended attempts per project, cluster, GPU type and cause."""
         return self._select(
-            "SELECT j.project, j.cluster, j.gpu_type, COALESCE(a.cause, 'running') AS cause,"
-            " COUNT(*) AS n FROM attempts a JOIN jobs j ON j.job_id = a.job_id"
-            " GROUP BY j.project, j.cluster, j.gpu_type, COALESCE(a.cause, 'running')"
-            " ORDER BY j.project, j.cluster, j.gpu_type, cause"
+            "SELECT j.project, j.cluster, j.gpu_type, a.cause, COUNT(*) AS n"
+            " FROM attempts a JOIN jobs j ON j.job_id = a.job_id WHERE a.cause IS NOT NULL"
+            " GROUP BY j.project, j.cluster, j.gpu_type, a.cause"
+            " ORDER BY j.project, j.cluster, j.gpu_type, a.cause"
         )
 
     def idle_spans(
@@ -663,6 +705,19 @@ class Ledger:
         return self._select(
             f"SELECT * FROM allocations{clause} ORDER BY provider, cluster, start_unix", params
         )
+
+
+def _merged(
+    intervals: Iterable[tuple[str, str, str, float, float]],
+) -> list[tuple[str, str, str, float, float]]:
+    """Touching or overlapping intervals of one device as one."""
+    out: list[tuple[str, str, str, float, float]] = []
+    for c, n, d, a, b in sorted(intervals):
+        if out and out[-1][:3] == (c, n, d) and a <= out[-1][4]:
+            out[-1] = (c, n, d, out[-1][3], max(out[-1][4], b))
+        else:
+            out.append((c, n, d, a, b))
+    return out
 
 
 def _filters(**equal: Any) -> tuple[list[str], dict[str, Any]]:

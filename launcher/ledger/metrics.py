@@ -15,11 +15,16 @@ time (the idle rule: below 5 % utilisation), at most every ``cache_s`` seconds:
 - ``gosok_gpu_hours_total{state}``: allocated, used, productive and idle GPU-hours of the
   allocations so far (see ``programme.py`` for what each counts);
 - ``gosok_job_goodput_ratio``: productive over wall device-time of the group's jobs;
-- ``gosok_job_attempts_total{cause}``: attempts by how they ended (``ok``, ``exit``,
-  ``node_lost``, ...; ``running`` while one runs);
+- ``gosok_job_attempts_total{cause}``: ended attempts by how they ended (``ok``,
+  ``exit``, ``node_lost``, ...);
 - ``gosok_allocated_gpus``, ``gosok_idle_gpus``: GPUs allocated now, and of those the
   ones no running job holds; ``gosok_running_jobs``;
 - ``gosok_ledger_up``: 1 when the ledger answered this scrape.
+
+The hours are recomputed from the ledger at each scrape, so a figure can be revised
+downwards when the ledger learns more (a failure turns past steps into lost work, a grant
+is corrected): Prometheus then sees a counter reset for that series. Each scrape reads the
+whole ledger (every job's breakdown); ``benchmarks/overhead/ledger.py`` measures it.
 """
 
 from __future__ import annotations

@@ -10,33 +10,35 @@ Use::
     view["groups"]      # per provider, cluster, GPU type, project; largest gap first
     view["stretches"]   # allocated, nothing running, at least stretch_s long
 
-For one allocation (``gpus`` G from ``start_unix`` to ``end_unix``, counted up to now), with
-the jobs of its project on its cluster:
+Each cluster is swept over time, cut wherever an allocation or a job on it starts or ends.
+In each piece, every allocation (granted G GPUs, counted up to now) gets, in the order the
+allocations began:
 
-- ``allocated``: G x its elapsed time;
-- ``used``: at each moment the GPUs of its running jobs, at most G, over time (a job runs
-  from its start to its end, or to now while it runs), plus ``outside``;
+- the GPUs of running jobs of its project (and GPU type) on its cluster, at most G; a
+  job's GPUs go to the first allocation with room, so a job is counted once even where a
+  project holds two grants. A job running for a project without an allocation there is
+  counted against none;
+- ``productive``: of those GPUs, the share of the job's wall time its goodput breakdown
+  found productive;
 - ``outside``: devices the node watchers saw busy (utilisation at or above the idle rule)
-  beyond those the gosok jobs hold, at most the GPUs no job holds: work run without gosok
-  on the allocation's cluster still counts as used (not as productive: nothing reports
-  its progress). Watchers' GPU rows count, or their CPU rows where the GPU type is ``cpu``;
-- ``productive``: each job's productive time (its goodput breakdown) x its GPUs, over the
-  part of the job inside the allocation, at most ``used``;
-- ``low_util``: device-time of idle spans (utilisation below the idle rule, from the job's
-  own samples or ``gosok ledger watch``) on the cluster while the allocation's jobs ran,
-  at most ``used - productive``;
-- ``idle``: allocated with nothing running (``allocated - used``) plus ``low_util``;
-- ``overhead``: ``used - productive - low_util`` (start-up, checkpoints, restarts, redone
-  work).
+  beyond every gosok job on the cluster, shared among the allocations by their GPUs left
+  free: work run without gosok counts as used, not as productive (nothing reports its
+  progress). Watchers' GPU rows count, or their CPU rows where the GPU type is ``cpu``;
+- ``low_util``: device-time of idle spans (utilisation below the idle rule) on the cluster,
+  shared among allocations by the job GPUs they hold, at most their used-not-productive
+  time.
 
-So ``productive + overhead + idle == allocated`` for every allocation and every group.
-Hours are GPU-hours (CPU-hours where the GPU type is ``cpu``). ``gap`` (allocated -
-productive) ranks the groups; ``stretches`` lists each span of at least ``stretch_s`` in
-which an allocation ran no gosok job and no watched device of its cluster was busy.
+Then ``used`` = job GPUs + ``outside``; ``idle`` = allocated - used + ``low_util``;
+``overhead`` = used - productive - ``low_util`` (start-up, checkpoints, restarts, redone
+work), so ``productive + overhead + idle == allocated`` (GPU-seconds; hours in the view,
+CPU-hours where the GPU type is ``cpu``). ``gap`` (allocated - productive) ranks the groups;
+``stretches`` lists each span of at least ``stretch_s`` in which an allocation held no job
+and no watched device on its cluster was busy.
 """
 
 from __future__ import annotations
 
+import bisect
 import time
 from collections.abc import Iterable, Mapping, Sequence
 from typing import Any
@@ -46,120 +48,126 @@ PARTS = (*STATES, "overhead", "low_util", "outside")
 GROUP_KEYS = ("provider", "cluster", "gpu_type", "project")
 DEFAULT_STRETCH_S = 3600.0
 
+Interval = tuple[float, float]
+
 
 def _clip(a0: float, a1: float, b0: float, b1: float) -> float:
     return max(0.0, min(a1, b1) - max(a0, b0))
 
 
-def _job_interval(job: Mapping[str, Any]) -> tuple[float, float]:
-    start = float(job["started_unix"])
-    return start, start + float(job.get("wall_s") or 0.0)
+class _Intervals:
+    """Intervals to overlap with pieces of time, found by bisection."""
+
+    def __init__(self, intervals: Iterable[Interval]) -> None:
+        self.items = sorted((a, b) for a, b in intervals if b > a)
+        self.starts = [a for a, _ in self.items]
+        self.longest = max((b - a for a, b in self.items), default=0.0)
+
+    def within(self, a: float, b: float) -> list[Interval]:
+        lo = bisect.bisect_left(self.starts, a - self.longest)
+        hi = bisect.bisect_left(self.starts, b)
+        return [(s, e) for s, e in self.items[lo:hi] if e > a]
+
+    def seconds(self, a: float, b: float) -> float:
+        return sum(_clip(a, b, s, e) for s, e in self.within(a, b))
+
+    def quiet(self, a: float, b: float) -> list[Interval]:
+        """The parts of [a, b) no interval covers."""
+        pieces, at = [], a
+        for start, end in sorted((max(s, a), min(e, b)) for s, e in self.within(a, b)):
+            if start > at:
+                pieces.append((at, start))
+            at = max(at, end)
+        if at < b:
+            pieces.append((at, b))
+        return pieces
 
 
-def _running(
-    jobs: Sequence[Mapping[str, Any]], gpus: int, t0: float, t1: float
-) -> list[tuple[float, float, int]]:
-    """Segments ``(start, end, running GPUs capped at gpus)`` covering ``[t0, t1]``."""
-    cuts = {t0, t1}
-    for job in jobs:
-        a, b = _job_interval(job)
-        cuts |= {min(max(a, t0), t1), min(max(b, t0), t1)}
-    points = sorted(cuts)
-    segments = []
-    for a, b in zip(points, points[1:], strict=False):
+def _gpu_match(job: Mapping[str, Any], allocation: Mapping[str, Any]) -> bool:
+    kind = str(job.get("gpu_type") or "").lower()
+    return job["project"] == allocation["project"] and kind in (
+        "",
+        str(allocation["gpu_type"]).lower(),
+    )
+
+
+def _sweep_cluster(
+    allocations: Sequence[Mapping[str, Any]],
+    jobs: Sequence[Mapping[str, Any]],
+    spans: _Intervals,
+    watched: dict[bool, _Intervals],
+    now: float,
+) -> list[dict[str, Any]]:
+    """Usage (GPU-seconds by part, and the quiet pieces) of each allocation of one cluster."""
+    windows = [
+        (float(a["start_unix"]), max(float(a["start_unix"]), min(float(a["end_unix"]), now)))
+        for a in allocations
+    ]
+    runs = [
+        (float(j["started_unix"]), float(j["started_unix"]) + float(j.get("wall_s") or 0.0))
+        for j in jobs
+    ]
+    shares = [
+        min(max(float(j.get("productive") or 0.0) / (b - a), 0.0), 1.0) if b > a else 0.0
+        for j, (a, b) in zip(jobs, runs, strict=True)
+    ]
+    cuts = sorted({t for w in windows for t in w} | {t for r in runs for t in r})
+    usage = [dict.fromkeys(PARTS, 0.0) | {"quiet": []} for _ in allocations]
+    for a, b in zip(cuts, cuts[1:], strict=False):
         if b <= a:
             continue
-        mid = (a + b) / 2
-        busy = sum(
-            int(j.get("gpus") or 0)
-            for j in jobs
-            if _job_interval(j)[0] <= mid < _job_interval(j)[1]
-        )
-        segments.append((a, b, min(gpus, busy)))
-    return segments
+        mid, dt = (a + b) / 2, b - a
+        active = [k for k, (s, e) in enumerate(windows) if s <= mid < e]
+        if not active:
+            continue
+        running = [i for i, (s, e) in enumerate(runs) if s <= mid < e]
+        left = {i: int(jobs[i].get("gpus") or 0) for i in running}
+        every_job = sum(left.values())
+        held, made = {}, {}
+        for k in active:
+            room, productive = int(allocations[k]["gpus"]), 0.0
+            for i in running:
+                if room and left[i] and _gpu_match(jobs[i], allocations[k]):
+                    take = min(room, left[i])
+                    room, left[i] = room - take, left[i] - take
+                    productive += take * shares[i]
+            held[k], made[k] = int(allocations[k]["gpus"]) - room, productive
+        free = {k: int(allocations[k]["gpus"]) - held[k] for k in active}
+        for cpu in {str(allocations[k]["gpu_type"]).lower() == "cpu" for k in active}:
+            mine = [k for k in active if (str(allocations[k]["gpu_type"]).lower() == "cpu") == cpu]
+            beyond = max(watched[cpu].seconds(a, b) - every_job * dt, 0.0)
+            room = sum(free[k] for k in mine)
+            for k in mine:
+                outside = min(beyond * free[k] / room, free[k] * dt) if room else 0.0
+                usage[k]["outside"] += outside
+                if held[k] == 0:
+                    quiet = watched[cpu].quiet(a, b) if beyond > 0 else [(a, b)]
+                    usage[k]["quiet"] += quiet
+        low = spans.seconds(a, b)
+        holding = max(every_job, sum(held.values()))  # jobs without an allocation share too
+        for k in active:
+            gpus = int(allocations[k]["gpus"])
+            share = low * held[k] / holding if holding else 0.0
+            usage[k]["allocated"] += gpus * dt
+            usage[k]["used"] += held[k] * dt
+            usage[k]["productive"] += made[k] * dt
+            usage[k]["low_util"] += min(share, (held[k] - made[k]) * dt)
+    for part in usage:
+        part["used"] += part["outside"]
+        part["idle"] = part["allocated"] - part["used"] + part["low_util"]
+        part["overhead"] = part["used"] - part["productive"] - part["low_util"]
+        part["quiet"] = _joined(part["quiet"])
+    return usage
 
 
-def _watched(
-    watched: Iterable[tuple[str, str, str, float, float]], allocation: Mapping[str, Any]
-) -> list[tuple[float, float]]:
-    """The watchers' busy intervals that count for the allocation (its cluster; GPU rows,
-    or CPU rows where its GPU type is ``cpu``)."""
-    cpu = str(allocation["gpu_type"]).lower() == "cpu"
-    return [
-        (start, end)
-        for cluster, _node, device, start, end in watched
-        if cluster == allocation["cluster"] and (device == "cpu") == cpu
-    ]
-
-
-def _quiet(a: float, b: float, busy: Sequence[tuple[float, float]]) -> list[tuple[float, float]]:
-    """The parts of [a, b) no busy interval covers."""
-    pieces, at = [], a
-    for start, end in sorted((max(s, a), min(e, b)) for s, e in busy if e > a and s < b):
-        if start > at:
-            pieces.append((at, start))
-        at = max(at, end)
-    if at < b:
-        pieces.append((at, b))
-    return pieces
-
-
-def _watched_s(busy: Iterable[tuple[float, float]], a: float, b: float) -> float:
-    """Device-seconds busy within [a, b)."""
-    return sum(_clip(a, b, start, end) for start, end in busy)
-
-
-def allocation_usage(
-    allocation: Mapping[str, Any],
-    jobs: Iterable[Mapping[str, Any]],
-    spans: Iterable[Mapping[str, Any]],
-    now_unix: float,
-    watched: Iterable[tuple[str, str, str, float, float]] = (),
-) -> dict[str, Any]:
-    """One allocation's GPU-seconds by state, and its idle segments (no job, quiet)."""
-    gpus = int(allocation["gpus"])
-    t0 = float(allocation["start_unix"])
-    t1 = max(t0, min(float(allocation["end_unix"]), now_unix))
-    mine = [
-        j
-        for j in jobs
-        if j["cluster"] == allocation["cluster"]
-        and j["project"] == allocation["project"]
-        and _clip(t0, t1, *_job_interval(j)) > 0
-    ]
-    segments = _running(mine, gpus, t0, t1)
-    allocated = gpus * (t1 - t0)
-    used = sum((b - a) * n for a, b, n in segments)
-    busy = _watched(watched, allocation)
-    outside = sum(
-        min(max(_watched_s(busy, a, b) - n * (b - a), 0.0), (gpus - n) * (b - a))
-        for a, b, n in segments
-    )
-    productive = 0.0
-    for job in mine:
-        a, b = _job_interval(job)
-        if b > a:
-            share = _clip(t0, t1, a, b) / (b - a)
-            productive += int(job.get("gpus") or 0) * float(job.get("productive") or 0.0) * share
-    productive = min(productive, used)
-    running = [(a, b) for a, b, n in segments if n > 0]
-    low = sum(
-        _clip(a, b, float(s["start_unix"]), float(s["end_unix"]))
-        for s in spans
-        if s["cluster"] == allocation["cluster"]
-        for a, b in running
-    )
-    low = min(low, used - productive)
-    return {
-        "allocated": allocated,
-        "used": used + outside,
-        "outside": outside,
-        "productive": productive,
-        "low_util": low,
-        "idle": allocated - used - outside + low,
-        "overhead": used + outside - productive - low,
-        "empty": [piece for a, b, n in segments if n == 0 for piece in _quiet(a, b, busy)],
-    }
+def _joined(pieces: list[Interval]) -> list[Interval]:
+    out: list[Interval] = []
+    for a, b in sorted(pieces):
+        if out and a <= out[-1][1]:
+            out[-1] = (out[-1][0], max(out[-1][1], b))
+        else:
+            out.append((a, b))
+    return out
 
 
 def programme_view(
@@ -173,35 +181,50 @@ def programme_view(
     """Groups (hours by state, ``gap``, ``use``/``goodput`` shares), largest gap first, and
     the idle stretches, longest first."""
     now = time.time() if now_unix is None else now_unix
-    jobs, spans, watched = list(jobs), list(spans), list(watched)
+    allocations = sorted(
+        allocations, key=lambda a: (float(a["start_unix"]), str(a.get("allocation_id", "")))
+    )
+    jobs = sorted(jobs, key=lambda j: (float(j["started_unix"]), str(j.get("job_id", ""))))
+    spans, watched = list(spans), list(watched)
     groups: dict[tuple, dict[str, Any]] = {}
     stretches = []
-    for alloc in allocations:
-        usage = allocation_usage(alloc, jobs, spans, now, watched)
-        key = tuple(str(alloc.get(k) or "") for k in GROUP_KEYS)
-        group = groups.setdefault(
-            key,
-            dict(zip(GROUP_KEYS, key, strict=True))
-            | {"allocations": 0, "gpus_now": 0}
-            | {f"{s}_hours": 0.0 for s in PARTS},
+    for cluster in sorted({str(a["cluster"]) for a in allocations}):
+        mine = [a for a in allocations if a["cluster"] == cluster]
+        seen = {
+            cpu: _Intervals(
+                (s, e) for c, _, d, s, e in watched if c == cluster and (d == "cpu") == cpu
+            )
+            for cpu in (False, True)
+        }
+        idle = _Intervals(
+            (float(s["start_unix"]), float(s["end_unix"])) for s in spans if s["cluster"] == cluster
         )
-        group["allocations"] += 1
-        if float(alloc["start_unix"]) <= now < float(alloc["end_unix"]):
-            group["gpus_now"] += int(alloc["gpus"])
-        for state in PARTS:
-            group[f"{state}_hours"] += usage[state] / 3600.0
-        for a, b in usage["empty"]:
-            if b - a >= stretch_s:
-                stretches.append(
-                    dict(zip(GROUP_KEYS, key, strict=True))
-                    | {
-                        "allocation_id": alloc.get("allocation_id", ""),
-                        "start_unix": a,
-                        "end_unix": b,
-                        "gpus": int(alloc["gpus"]),
-                        "gpu_hours": int(alloc["gpus"]) * (b - a) / 3600.0,
-                    }
-                )
+        usages = _sweep_cluster(mine, [j for j in jobs if j["cluster"] == cluster], idle, seen, now)
+        for alloc, usage in zip(mine, usages, strict=True):
+            key = tuple(str(alloc.get(k) or "") for k in GROUP_KEYS)
+            group = groups.setdefault(
+                key,
+                dict(zip(GROUP_KEYS, key, strict=True))
+                | {"allocations": 0, "gpus_now": 0}
+                | {f"{s}_hours": 0.0 for s in PARTS},
+            )
+            group["allocations"] += 1
+            if float(alloc["start_unix"]) <= now < float(alloc["end_unix"]):
+                group["gpus_now"] += int(alloc["gpus"])
+            for part in PARTS:
+                group[f"{part}_hours"] += usage[part] / 3600.0
+            for a, b in usage["quiet"]:
+                if b - a >= stretch_s:
+                    stretches.append(
+                        dict(zip(GROUP_KEYS, key, strict=True))
+                        | {
+                            "allocation_id": alloc.get("allocation_id", ""),
+                            "start_unix": a,
+                            "end_unix": b,
+                            "gpus": int(alloc["gpus"]),
+                            "gpu_hours": int(alloc["gpus"]) * (b - a) / 3600.0,
+                        }
+                    )
     rows = []
     for group in groups.values():
         allocated = group["allocated_hours"]

@@ -556,7 +556,13 @@ def programme_of(
         ledger.idle_spans(),
         now_unix,
         stretch_s,
-        watched=busy_intervals(ledger.watcher_samples(), idle_below),
+        watched=[
+            *(
+                (b["cluster"], b["node"], b["device"], b["start_unix"], b["end_unix"])
+                for b in ledger.busy_spans()
+            ),
+            *busy_intervals(ledger.watcher_samples(), idle_below),
+        ],  # fmt: skip
     )
 
 

@@ -15,7 +15,9 @@ local disk (``spool_dir()``, this user's only, one fsynced JSON line per op) and
 with backoff; once the ledger answers it sends the buffer, in order, and removes it. If the
 ledger is still away when the writer closes, the buffer stays for ``gosok ledger push``.
 A write the ledger refuses for another reason (a bug, a constraint) is dropped with one
-line printed: a ledger never fails a job.
+line printed: a ledger never fails a job. If ``close()`` runs out of time while a write
+still blocks (a server that stopped answering mid-query), what is left is put in a buffer
+from the caller's thread, so nothing is dropped unsaid.
 """
 
 from __future__ import annotations
@@ -54,28 +56,42 @@ def spool_dir() -> Path:
     return own_dir(default_ledger_path().parent / "spool")
 
 
+def ledger_target(path: str | None) -> str:
+    """The ledger ``path`` names, as a buffer records it: a URL, or an absolute file path
+    (``gosok ledger push`` may run from another directory)."""
+    target = resolve_ledger_path(path)
+    return str(target.resolve()) if isinstance(target, Path) else str(target)
+
+
 class Spool:
     """One writer's buffer: a header line naming the ledger, then one op per line. The
     writer holds an exclusive lock on it, so ``push`` leaves a live writer's buffer alone."""
 
-    def __init__(self, path: Path, handle: Any) -> None:
+    def __init__(self, path: Path, fd: int) -> None:
         self.path = path
-        self._handle = handle
+        self._fd = fd
 
     @classmethod
     def create(cls, ledger: str) -> Spool:
         path = spool_dir() / f"{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:8]}.jsonl"
         fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL | os.O_APPEND, 0o600)
-        handle = os.fdopen(fd, "a", encoding="utf-8")
-        fcntl.flock(handle, fcntl.LOCK_EX)
-        spool = cls(path, handle)
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        spool = cls(path, fd)
         spool._write([{"ledger": ledger, "created_unix": time.time()}])
         return spool
 
     def _write(self, lines: list[Mapping[str, Any]]) -> None:
-        self._handle.write("".join(json.dumps(line, sort_keys=True) + "\n" for line in lines))
-        self._handle.flush()
-        os.fsync(self._handle.fileno())
+        data = "".join(json.dumps(line, sort_keys=True) + "\n" for line in lines).encode()
+        size = os.fstat(self._fd).st_size
+        try:
+            view = memoryview(data)
+            while view:
+                view = view[os.write(self._fd, view) :]
+            os.fsync(self._fd)
+        except BaseException:
+            with contextlib.suppress(OSError):  # no half line for the next append to join
+                os.ftruncate(self._fd, size)
+            raise
 
     def append(self, ops: list[Mapping[str, Any]]) -> None:
         if ops:
@@ -90,17 +106,21 @@ class Spool:
         self.release()
 
     def release(self) -> None:
-        with contextlib.suppress(OSError, ValueError):
-            self._handle.close()
+        with contextlib.suppress(OSError):
+            os.close(self._fd)
 
 
 def read_spool(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
-    """A buffer's header and ops; a torn last line (the writer died mid-write) is skipped."""
+    """A buffer's header and ops. A torn last line (the writer died mid-write) is skipped;
+    a bad line anywhere else is an error naming it."""
     lines = path.read_text(encoding="utf-8").splitlines()
     records = []
-    for line in lines:
-        with contextlib.suppress(json.JSONDecodeError):
+    for number, line in enumerate(lines, start=1):
+        try:
             records.append(json.loads(line))
+        except json.JSONDecodeError:
+            if number < len(lines):
+                raise ValueError(f"{path}: line {number} is not a ledger write") from None
     if not records or "ledger" not in records[0]:
         raise ValueError(f"{path}: not a gosok ledger buffer (no header line)")
     return records[0], records[1:]
@@ -109,20 +129,25 @@ def read_spool(path: Path) -> tuple[dict[str, Any], list[dict[str, Any]]]:
 @contextlib.contextmanager
 def idle_spools() -> Iterator[list[Path]]:
     """Buffers no live writer holds, locked for the caller while it sends them."""
-    held = []
+    held: list[tuple[Path, int]] = []
     try:
         for path in sorted(spool_dir().glob("*.jsonl")):
-            handle = open(path, "a", encoding="utf-8")  # noqa: SIM115 - held until the end
             try:
-                fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-            except BlockingIOError:
-                handle.close()
+                fd = os.open(path, os.O_RDONLY)
+            except FileNotFoundError:  # sent or removed since the listing
                 continue
-            held.append((path, handle))
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                if os.fstat(fd).st_ino != os.stat(path).st_ino:
+                    raise FileNotFoundError(path)
+            except (BlockingIOError, FileNotFoundError):
+                os.close(fd)
+                continue
+            held.append((path, fd))
         yield [path for path, _ in held]
     finally:
-        for _, handle in held:
-            handle.close()
+        for _, fd in held:
+            os.close(fd)
 
 
 class LedgerWriter:
@@ -142,8 +167,17 @@ class LedgerWriter:
         self._said: set[str] = set()
         self._results: dict[str, Any] = {}
         self._queue: queue.Queue[Any] = queue.Queue()
+        self._lock = threading.Lock()  # pending, spool, kept: shared with close()
+        self._pending: list[dict[str, Any]] = []
+        self._spool: Spool | None = None
+        self._broken = False
         self._close_by = float("inf")
         self.kept: Path | None = None
+        try:
+            self._target = ledger_target(path)
+        except ValueError as err:
+            self._target = "<unusable ledger path>"
+            self._break(err)
         self._thread = threading.Thread(target=self._run, name="gosok-ledger", daemon=True)
         self._thread.start()
 
@@ -159,85 +193,123 @@ class LedgerWriter:
     def result(self, op_id: str) -> Any:
         return self._results.get(op_id)
 
+    def applied(self, op_id: str) -> bool:
+        return op_id in self._results
+
     def say_once(self, key: str, text: str) -> None:
-        if key not in self._said:
+        with self._lock:
+            first = key not in self._said
             self._said.add(key)
+        if first:
             self._say(text)
 
-    def _target(self) -> str:
-        return str(resolve_ledger_path(self._path))
+    # ---- the writer thread ---------------------------------------------------------------
+
+    def _break(self, err: BaseException) -> None:
+        """The ledger cannot be used for this job: later writes are dropped (one line)."""
+        self._broken = True
+        self.say_once(
+            "failed",
+            f"ledger: opening {self._target} failed ({type(err).__name__}: {err}); the job goes "
+            "on without it, later ledger errors are not printed",
+        )
+
+    def _accept(self, op: dict[str, Any]) -> None:
+        with self._lock:
+            if self._broken:
+                return
+            if self._spool is not None and not self._pending:
+                try:
+                    self._spool.append([op])
+                    return
+                except OSError as err:  # the disk: keep it, and all after it, in memory
+                    self.say_once("disk", f"ledger: cannot buffer on disk ({err})")
+            self._pending.append(op)
+
+    def _send(self, ledger: Ledger) -> None:
+        """The buffer, then what is in memory, in order."""
+        spool = self._spool
+        if spool is not None:
+            sent = spool.ops()
+            for op in sent:
+                self._apply(ledger, op)
+            with self._lock:
+                if self._spool is not spool:  # close() handed it to push meanwhile
+                    return
+                spool.remove()
+                self._spool = None
+            self._say(f"ledger: reachable again; {len(sent)} buffered writes sent")
+        while True:
+            with self._lock:
+                if not self._pending:
+                    return
+                op = self._pending[0]
+            self._apply(ledger, op)
+            with self._lock:
+                if self._pending and self._pending[0] is op:
+                    self._pending.pop(0)
+
+    def _away(self, err: BaseException) -> None:
+        """Put what is in memory in the buffer (made now if need be) and say so once."""
+        with self._lock:
+            if self._broken:
+                return
+            try:
+                if self._spool is None:
+                    self._spool = Spool.create(self._target)
+                self._spool.append(self._pending)
+                self._pending = []
+                where = f"buffering in {self._spool.path}"
+            except OSError as disk:
+                where = f"keeping writes in memory (cannot buffer on disk: {disk})"
+        first = (str(err).strip().splitlines() or [""])[0]
+        self.say_once(
+            "away",
+            f"ledger: cannot reach {self._target} ({type(err).__name__}: {first}); {where} "
+            "and retrying; the job goes on",
+        )
 
     def _run(self) -> None:
         ledger: Ledger | None = None
-        pending: list[dict[str, Any]] = []
-        spool: Spool | None = None
-        closing, retry_at, backoff, broken = False, 0.0, FIRST_RETRY_S, False
+        closing, retry_at, backoff = False, 0.0, FIRST_RETRY_S
         while True:
-            wait = None if spool is None and not pending else max(retry_at - time.time(), 0)
+            now = time.monotonic()
+            waiting = self._spool is not None or bool(self._pending)
+            wait = max(retry_at - now, 0.0) if waiting and not self._broken else None
             if closing:
-                wait = min(wait if wait is not None else 0.0, max(self._close_by - time.time(), 0))
-            try:
+                wait = min(wait if wait is not None else 0.0, max(self._close_by - now, 0.0))
+            with contextlib.suppress(queue.Empty):
                 item = self._queue.get(timeout=wait)
                 if item is _CLOSE:
                     closing = True
-                elif broken:
-                    pass
-                elif spool is not None:
-                    spool.append([item])
                 else:
-                    pending.append(item)
-            except queue.Empty:
-                pass
-            except Exception as err:  # the buffer's disk: keep the op in memory
-                pending.append(item)
-                self.say_once("spool", f"ledger: cannot buffer on disk ({err})")
-            if time.time() >= retry_at and not broken:
+                    self._accept(item)
+            waiting = self._spool is not None or bool(self._pending)
+            if waiting and not self._broken and time.monotonic() >= retry_at:
                 try:
                     if ledger is None:
                         ledger = Ledger.open(self._path, timeout_s=self._timeout_s)
-                    if spool is not None:
-                        sent = spool.ops()
-                        for op in sent:
-                            self._apply(ledger, op)
-                        spool.remove()
-                        spool = None
-                        self._say(f"ledger: reachable again; {len(sent)} buffered writes sent")
-                    while pending:
-                        self._apply(ledger, pending[0])
-                        pending.pop(0)
+                    self._send(ledger)
                     backoff = FIRST_RETRY_S
                 except Exception as err:
-                    if not is_transient(err):
-                        broken, pending = True, []
-                        self.say_once(
-                            "failed",
-                            f"ledger: opening {self._target()} failed ({type(err).__name__}: "
-                            f"{err}); the job goes on without it, later ledger errors are not "
-                            "printed",
-                        )
-                        continue
-                    with contextlib.suppress(Exception):
-                        ledger.close() if ledger is not None else None
-                    ledger = None
-                    try:
-                        if spool is None:
-                            spool = Spool.create(self._target())
-                        spool.append(pending)
-                        pending = []
-                        where = f"buffering in {spool.path}"
-                    except Exception as disk:
-                        where = f"keeping writes in memory (cannot buffer on disk: {disk})"
-                    self.say_once(
-                        "away",
-                        f"ledger: cannot reach {self._target()} ({type(err).__name__}: "
-                        f"{str(err).strip().splitlines()[0] if str(err).strip() else ''}); "
-                        f"{where} and retrying; the job goes on",
-                    )
-                    retry_at, backoff = time.time() + backoff, min(backoff * 2, MAX_RETRY_S)
-            if closing and (broken or (spool is None and not pending)) and self._queue.empty():
+                    if ledger is not None:
+                        with contextlib.suppress(Exception):
+                            ledger.close()
+                        ledger = None
+                    if is_transient(err):
+                        self._away(err)
+                        retry_at = time.monotonic() + backoff
+                        backoff = min(backoff * 2, MAX_RETRY_S)
+                    else:
+                        self._break(err)
+                        with self._lock:
+                            self._pending = []
+                        self._keep()  # a buffer from an earlier outage stays for push
+            waiting = self._spool is not None or bool(self._pending)
+            if closing and self._queue.empty() and (self._broken or not waiting):
                 break
-            if closing and time.time() >= self._close_by:
-                self._keep(spool, pending)
+            if closing and time.monotonic() >= self._close_by:
+                self._keep()
                 return
         if ledger is not None:
             if self._prune_s is not None:
@@ -253,60 +325,88 @@ class LedgerWriter:
             if is_transient(err):
                 raise
             self.say_once(
-                "failed",
+                "refused",
                 f"ledger: a {op['method']} write was refused ({type(err).__name__}: {err}); "
                 "dropped, later refusals are not printed",
             )
 
-    def _keep(self, spool: Spool | None, pending: list[dict[str, Any]]) -> None:
-        try:
-            spool = spool or Spool.create(self._target())
-            spool.append(pending)
-            count = len(spool.ops())
-            spool.release()
+    def _keep(self, extra: list[dict[str, Any]] | None = None) -> None:
+        """Leave what was not sent in a buffer for ``gosok ledger push``, and say where."""
+        with self._lock:
+            ops = [*self._pending, *(extra or [])]
+            self._pending = []
+            if self._spool is None and not ops:
+                return
+            try:
+                spool = self._spool or Spool.create(self._target)
+                spool.append(ops)
+                self._spool = None
+                spool.release()
+            except OSError as err:
+                self._say(f"ledger: {len(ops)} writes lost: they cannot be buffered ({err})")
+                return
             self.kept = spool.path
-            self._say(
-                f"ledger: still unreachable; {count} writes kept in {spool.path}: "
-                "`gosok ledger push` sends them when it is back"
-            )
-        except Exception as err:
-            self._say(f"ledger: still unreachable and the buffer failed ({err}); writes lost")
+        self._say(
+            f"ledger: {self._target} did not take every write; {len(read_spool(spool.path)[1])} "
+            f"kept in {spool.path}: `gosok ledger push` sends them when it answers"
+        )
 
     def close(self, timeout_s: float = CLOSE_TIMEOUT_S) -> bool:
-        """Send what is queued (retrying up to ``timeout_s``), then close; False when the
-        writes were left in a buffer for ``gosok ledger push``."""
-        self._close_by = time.time() + timeout_s
+        """Send what is queued (retrying up to ``timeout_s``), then close; False when writes
+        were left in a buffer for ``gosok ledger push``."""
+        self._close_by = time.monotonic() + timeout_s
         self._queue.put(_CLOSE)
-        self._thread.join(timeout_s + 5.0)
-        return self.kept is None and not self._thread.is_alive()
+        self._thread.join(timeout_s + 1.0)
+        if self._thread.is_alive():  # a write still blocks: save the rest from here
+            self._broken = True
+            queued = []
+            with contextlib.suppress(queue.Empty):
+                while True:
+                    item = self._queue.get_nowait()
+                    if item is not _CLOSE:
+                        queued.append(item)
+            self._keep(queued)
+        return self.kept is None
 
 
 def push(ledger_value: str | None, say: Callable[[str], None] = _print_stderr) -> tuple[int, int]:
     """Send every idle buffer to its ledger (or ``ledger_value``); returns (buffers sent,
-    buffers kept because their ledger is still away)."""
+    buffers kept). A buffer is removed only when the ledger took every write in it."""
     sent = kept = 0
     with idle_spools() as paths:
         for path in paths:
-            header, ops = read_spool(path)
-            target = ledger_value or header["ledger"]
-            refused = 0
+            if path.stat().st_size == 0:  # its writer died before writing the header
+                path.unlink(missing_ok=True)
+                continue
             try:
-                with Ledger.open(target) as ledger:
-                    for op in ops:
-                        try:
-                            ledger.apply(op)
-                        except Exception as err:
-                            if is_transient(err):
-                                raise
-                            refused += 1
+                header, ops = read_spool(path)
+                target = ledger_value or header["ledger"]
+                refused = _send_buffer(target, ops)
             except Exception as err:
-                if not is_transient(err):
-                    raise
                 kept += 1
-                say(f"{path.name}: {target} still unreachable ({type(err).__name__}); kept")
+                reason = "still unreachable" if is_transient(err) else "cannot be sent"
+                say(f"{path.name}: {reason} ({type(err).__name__}: {err}); kept")
+                continue
+            if refused:
+                kept += 1
+                say(f"{path.name}: {target} refused {refused} of {len(ops)} writes (another "
+                    "ledger than the one they began in?); kept")  # fmt: skip
                 continue
             path.unlink()
             sent += 1
-            note = f" ({refused} refused by the ledger, dropped)" if refused else ""
-            say(f"{path.name}: {len(ops) - refused} writes sent to {target}{note}")
+            say(f"{path.name}: {len(ops)} writes sent to {target}")
     return sent, kept
+
+
+def _send_buffer(target: str, ops: list[dict[str, Any]]) -> int:
+    """Apply ``ops`` to ``target``; how many it refused (a transient error raises)."""
+    refused = 0
+    with Ledger.open(target) as ledger:
+        for op in ops:
+            try:
+                ledger.apply(op)
+            except Exception as err:
+                if is_transient(err):
+                    raise
+                refused += 1
+    return refused

@@ -20,6 +20,7 @@ from tests.unit.ledger.test_ledger_db import (  # noqa: F401 - collected here ag
     test_attempt_updates_keep_earlier_fields_and_finish_merges_detail,
     test_concurrent_writers_lose_no_rows,
     test_journaled_ops_apply_once_and_follow_their_job,
+    test_one_base_id_from_two_clusters_at_once_makes_two_jobs,
     test_prune_samples_keeps_aggregates,
 )
 

@@ -126,10 +126,18 @@ def test_paths(tmp_path, monkeypatch):
         "postgresql://bob:hunter2@db:5432/ledger",
         "postgres://bob:hunter2@db/ledger?sslmode=require",
         "postgresql://bob@db/ledger?password=hunter2",
+        "postgresql://bob@db/ledger?sslpassword=hunter2",
+        "postgresql://bob:hunter2/x@db/ledger",  # unencoded '/', '?', '#' in a password
+        "postgresql://bob:hun?ter2@db/ledger",
+        "postgresql://bob:hunter2#@db/ledger",
+        "postgresql://bob:1234/hunter2@db/ledger",
     ):
         with pytest.raises(ValueError, match="PGPASSWORD") as err:
             resolve_ledger_path(url)
         assert "hunter2" not in str(err.value)
+    with pytest.raises(ValueError, match="not shown") as err:
+        resolve_ledger_path("postgresql://alice:hunter2/ledger")  # no '@': a bad port
+    assert "hunter2" not in str(err.value)
     assert resolve_ledger_path("postgres://bob@db:5432/l") == "postgresql://bob@db:5432/l"
     assert isinstance(resolve_ledger_path("postgresql+psycopg://db/l"), db.ServerURL)
     with pytest.raises(ValueError, match="mysql scheme"):
@@ -201,6 +209,28 @@ def test_journaled_ops_apply_once_and_follow_their_job(target):
             ledger.apply(orphan)
         with pytest.raises(ValueError, match="journaled"):
             ledger.apply({"id": "w3", "method": "prune_samples", "kwargs": {}})
+
+
+def _start_same_job(path: str, barrier, out) -> None:
+    with Ledger.open(path) as ledger:
+        barrier.wait()
+        out.put(ledger.apply({"id": f"op-{multiprocessing.current_process().pid}",
+                              "method": "start_job", "kwargs": {"job_id": "run"}}))  # fmt: skip
+
+
+def test_one_base_id_from_two_clusters_at_once_makes_two_jobs(target):
+    Ledger.open(target).close()
+    ctx = multiprocessing.get_context("fork")
+    barrier, out = ctx.Barrier(4), ctx.Queue()
+    procs = [ctx.Process(target=_start_same_job, args=(target, barrier, out)) for _ in range(4)]
+    for p in procs:
+        p.start()
+    ids = sorted(out.get(timeout=60) for _ in procs)
+    for p in procs:
+        p.join(60)
+    assert ids == ["run", "run-2", "run-3", "run-4"]
+    with Ledger.open(target) as ledger:
+        assert len(ledger.jobs()) == 4
 
 
 def test_allocations_are_recorded_once(target):

@@ -10,7 +10,7 @@ import pytest
 
 from gosok.launcher.ledger.command import run_ledger_command
 from gosok.launcher.ledger.db import Ledger
-from gosok.launcher.ledger.programme import allocation_usage, programme_view
+from gosok.launcher.ledger.programme import programme_view
 from gosok.launcher.ledger.sampler import busy_intervals
 
 H = 3600.0
@@ -23,19 +23,34 @@ def job(start_h, end_h, gpus, productive_h, cluster="c1", project="llm"):
             "wall_s": (end_h - start_h) * H, "productive": productive_h * H}  # fmt: skip
 
 
+def usage(jobs, spans=(), watched=(), allocations=(ALLOC,), now=100 * H, stretch_s=H):
+    """The view's first group in GPU-seconds, and the stretches."""
+    view = programme_view(list(allocations), jobs, list(spans), now, stretch_s, list(watched))
+    groups: dict = {}
+    for g in view["groups"]:  # a project's groups (one per provider) added up
+        mine = groups.setdefault(g["project"], {})
+        for k, v in g.items():
+            if k.endswith("_hours"):
+                mine[k[:-6]] = mine.get(k[:-6], 0.0) + v * H
+    return groups, [(s["start_unix"] / H, s["end_unix"] / H) for s in view["stretches"]]
+
+
 def test_parts_add_up_and_capacity_caps_use():
     jobs = [job(1, 4, 8, 2.5), job(2, 3, 16, 1.0), job(6, 7, 8, 0.25),
             job(0, 10, 8, 9, cluster="c2"), job(0, 10, 8, 9, project="other")]  # fmt: skip
     spans = [{"cluster": "c1", "start_unix": 6.5 * H, "end_unix": 9 * H}]
-    usage = allocation_usage(ALLOC, jobs, spans, now_unix=100 * H)
-    assert usage["allocated"] == 16 * 10 * H
-    # 1-2 h: 8; 2-3 h: 24 capped at 16; 3-4 h: 8; 6-7 h: 8
-    assert usage["used"] == (8 + 16 + 8 + 8) * H
-    assert math.isclose(usage["productive"], (8 * 2.5 + 16 * 1.0 + 8 * 0.25) * H)
-    assert usage["low_util"] == 0.5 * H  # the span overlaps the running time 6.5-7 h only
-    total = usage["productive"] + usage["overhead"] + usage["idle"]
-    assert math.isclose(total, usage["allocated"])
-    assert [(a / H, b / H) for a, b in usage["empty"]] == [(0, 1), (4, 6), (7, 10)]
+    groups, stretches = usage(jobs, spans)
+    got = groups["llm"]
+    assert got["allocated"] == 16 * 10 * H
+    # 1-2 h: 8; 2-3 h: 24 capped at 16 (the 16-GPU job gets the 8 left); 3-4 h: 8; 6-7 h: 8
+    assert got["used"] == (8 + 16 + 8 + 8) * H
+    assert math.isclose(got["productive"], (8 * 2.5 / 3 * 3 + 8 * 1.0 + 8 * 0.25) * H)
+    # The idle span overlaps 6.5-7 h, when this allocation held 8 of the 16 GPUs running
+    # (the other project's job has no allocation here: it is counted against none).
+    assert math.isclose(got["low_util"], 0.5 * H * 8 / 16)
+    total = got["productive"] + got["overhead"] + got["idle"]
+    assert math.isclose(total, got["allocated"])
+    assert stretches == [(7, 10), (4, 6), (0, 1)]
 
 
 def test_allocations_count_to_now_and_stretches_are_flagged_and_ranked():
@@ -98,19 +113,36 @@ def test_bad_input_is_named(argv, named, capsys):
 
 
 def test_work_run_without_gosok_counts_as_used_not_idle():
-    # Two watched GPUs busy from 2 h to 4 h (one gosok job of 8 GPUs runs 3-4 h on the
-    # same cluster): 2-3 h adds 2 GPU-hours outside gosok; 3-4 h the watchers see fewer
+    # Two watched GPUs busy from 2 h to 4 h; one gosok job of 8 GPUs runs 3-4 h on the
+    # same cluster: 2-3 h adds 2 GPU-hours outside gosok; 3-4 h the watchers see fewer
     # busy devices than the job holds, so nothing more.
     watched = [("c1", "n1", f"gpu{d}", 2 * H + 60 * i, 2 * H + 60 * (i + 1))
                for d in range(2) for i in range(120)]  # fmt: skip
     watched += [("c1", "n1", "cpu", 0.0, 10 * H), ("c2", "n9", "gpu0", 0.0, 10 * H)]
-    usage = allocation_usage(ALLOC, [job(3, 4, 8, 0.5)], [], 100 * H, watched)
-    assert math.isclose(usage["outside"], 2 * H)
-    assert math.isclose(usage["used"], 8 * H + 2 * H)
-    total = usage["productive"] + usage["overhead"] + usage["idle"]
-    assert math.isclose(total, usage["allocated"])
+    groups, stretches = usage([job(3, 4, 8, 0.5)], watched=watched)
+    got = groups["llm"]
+    assert math.isclose(got["outside"], 2 * H)
+    assert math.isclose(got["used"], 8 * H + 2 * H)
+    assert math.isclose(got["productive"] + got["overhead"] + got["idle"], got["allocated"])
     # 0-2 h and 4-10 h ran nothing and were quiet; 2-3 h was busy outside gosok.
-    assert [(a / H, b / H) for a, b in usage["empty"]] == [(0, 2), (4, 10)]
+    assert stretches == [(4, 10), (0, 2)]
+
+
+def test_another_projects_work_is_not_this_allocations_use():
+    other = dict(ALLOC, project="vision", gpus=24)
+    watched = [("c1", "n", f"gpu{d}", 0.0, 10 * H) for d in range(24)]  # its 24 GPUs busy
+    groups, stretches = usage([job(0, 10, 24, 9, project="vision")], watched=watched,
+                              allocations=(ALLOC, other))  # fmt: skip
+    assert groups["llm"]["used"] == 0 and groups["llm"]["idle"] == 16 * 10 * H
+    assert groups["vision"]["used"] == 24 * 10 * H
+    assert stretches == [(0, 10)]
+
+
+def test_a_job_is_counted_once_across_two_grants():
+    top_up = dict(ALLOC, provider="cloud-b", gpus=8)
+    groups, _ = usage([job(0, 10, 8, 10)], allocations=(ALLOC, top_up))
+    assert groups["llm"]["productive"] == 8 * 10 * H  # the first grant took the job's GPUs
+    assert groups["llm"]["allocated"] == (16 + 8) * 10 * H
 
 
 def test_busy_intervals_follow_the_samples():
