@@ -22,7 +22,7 @@ import shutil
 import socket
 import subprocess
 import tempfile
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -61,7 +61,7 @@ class PostgresServer:
     port: int
     run_as: str | None
     database: str = DATABASE
-    extra: list[str] = field(default_factory=list)
+    durable: bool = False  # True: fsync and full-page writes as a production server has them
 
     @property
     def url(self) -> str:
@@ -78,7 +78,7 @@ class PostgresServer:
         return subprocess.run(command, capture_output=True, text=True, check=check, timeout=60)
 
     @classmethod
-    def start(cls) -> PostgresServer:
+    def start(cls, durable: bool = False) -> PostgresServer:
         bindir = _bindir()
         if bindir is None:
             pytest.skip("PostgreSQL is not installed (.ci/run installs Debian's postgresql)")
@@ -93,7 +93,7 @@ class PostgresServer:
         base.chmod(0o755)
         if run_as:
             shutil.chown(base, run_as)
-        server = cls(bindir, base, _free_port(), run_as)
+        server = cls(bindir, base, _free_port(), run_as, durable=durable)
         pwfile = base / "pwfile"
         pwfile.write_text(PASSWORD + "\n")
         if run_as:
@@ -119,10 +119,9 @@ class PostgresServer:
     def start_again(self) -> None:
         # fsync=off is safe against the server being killed (the OS keeps what it wrote);
         # synchronous_commit stays on: a commit the ledger was told of must survive a kill.
-        options = (
-            f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1 -c fsync=off "
-            "-c full_page_writes=off"
-        )
+        options = f"-p {self.port} -k {self.base} -c listen_addresses=127.0.0.1"
+        if not self.durable:
+            options += " -c fsync=off -c full_page_writes=off"
         started = self._run(
             "pg_ctl", "-D", str(self.base / "data"), "-o", options,
             "-l", str(self.base / "server.log"), "-w", "start", check=False,

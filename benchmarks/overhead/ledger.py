@@ -15,6 +15,10 @@ Writes JSON (``--out``, default benchmarks/results/cpu/ledger.json).
    applied (its result visible) while the ledger answers, p50/p99 over ``--ops`` ops; and,
    with the ledger away (a closed local port), ops buffered on disk per second (each line
    fsynced), measured until the last op is in the buffer.
+Durability differs and is part of the figures: SQLite runs as gosok opens it (WAL,
+``synchronous=NORMAL``: a commit is not fsynced, the WAL is at checkpoints), PostgreSQL as
+its server is configured (recorded under ``postgresql_server``: fsync, synchronous_commit).
+
 3. One scrape: a ledger holding ``--jobs`` finished jobs (two attempts, two checkpoint
    events each) over 7 providers x 3 clusters x 4 projects with an allocation each; wall
    time of ``metrics.render`` (the programme view, every job's goodput breakdown, attempt
@@ -248,6 +252,7 @@ def main(argv: list[str] | None = None) -> int:
         targets = {"sqlite": lambda name: str(Path(tmp) / f"{name}.sqlite")}
         if args.postgres:
             targets["postgresql"] = lambda name: _database(args.postgres, name)
+            results["postgresql_server"] = _server_settings(args.postgres)
         for backend, target in targets.items():
             print(f"{backend}: {args.writers} writers x {args.ops} ops ...", flush=True)
             results[backend] = {
@@ -268,6 +273,18 @@ def main(argv: list[str] | None = None) -> int:
     Path(args.out).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
     print(f"wrote {args.out}")
     return 0
+
+
+def _server_settings(url: str) -> dict[str, str]:
+    """What the PostgreSQL figures depend on: the server's version and durability."""
+    import psycopg
+
+    with psycopg.connect(url, autocommit=True) as conn:
+        return {
+            name: conn.execute(f"SHOW {name}").fetchone()[0]
+            for name in ("server_version", "fsync", "synchronous_commit", "full_page_writes",
+                         "wal_sync_method", "shared_buffers")
+        }  # fmt: skip
 
 
 def _database(url: str, name: str) -> str:

@@ -622,6 +622,22 @@ class Ledger:
             "SELECT * FROM attempts WHERE job_id = :j ORDER BY attempt", {"j": job_id}
         )
 
+    def attempts_of(self, job_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """``attempts`` of many jobs in one query (a report of thousands of jobs)."""
+        return self._by_job("attempts", "attempt", job_ids)
+
+    def events_of(self, job_ids: Iterable[str]) -> dict[str, list[dict[str, Any]]]:
+        """``events`` of many jobs in one query."""
+        return self._by_job("events", "unix", job_ids)
+
+    def _by_job(self, table: str, order: str, job_ids: Iterable[str]) -> dict[str, list[dict]]:
+        wanted = set(job_ids)
+        found: dict[str, list[dict[str, Any]]] = {j: [] for j in wanted}
+        for row in self._select(f"SELECT * FROM {table} ORDER BY job_id, {order}"):
+            if row["job_id"] in wanted:
+                found[row["job_id"]].append(row)
+        return found
+
     def events(self, job_id: str, kind: str | None = None) -> list[dict[str, Any]]:
         where, params = _filters(kind=kind)
         where.append("job_id = :job_id")

@@ -125,8 +125,11 @@ def job_rows(
     now = time.time() if now_unix is None else now_unix
     spans = ledger.idle_spans(since_unix=since_unix)
     rows = []
-    for job in ledger.jobs(project=project, since_unix=since_unix):
-        b = breakdown(job, ledger.attempts(job["job_id"]), ledger.events(job["job_id"]), now)
+    jobs = ledger.jobs(project=project, since_unix=since_unix)
+    attempts = ledger.attempts_of(j["job_id"] for j in jobs)
+    events = ledger.events_of(j["job_id"] for j in jobs)
+    for job in jobs:
+        b = breakdown(job, attempts[job["job_id"]], events[job["job_id"]], now)
         hours, unit = device_hours(job, b.wall_s)
         end = job["started_unix"] + b.wall_s
         idle = sum(
