@@ -33,7 +33,8 @@ Then ``used`` = job GPUs + ``outside``; ``idle`` = allocated - used + ``low_util
 work), so ``productive + overhead + idle == allocated`` (GPU-seconds; hours in the view,
 CPU-hours where the GPU type is ``cpu``). ``gap`` (allocated - productive) ranks the groups;
 ``stretches`` lists each span of at least ``stretch_s`` in which an allocation held no job
-and no watched device on its cluster was busy.
+and no watched device on its cluster was busy. Each group keeps its allocations'
+``timelines``: ``(start, end, GPUs used)`` pieces, for plots.
 """
 
 from __future__ import annotations
@@ -112,7 +113,7 @@ def _sweep_cluster(
         for j, (a, b) in zip(jobs, runs, strict=True)
     ]
     cuts = sorted({t for w in windows for t in w} | {t for r in runs for t in r})
-    usage = [dict.fromkeys(PARTS, 0.0) | {"quiet": []} for _ in allocations]
+    usage = [dict.fromkeys(PARTS, 0.0) | {"quiet": [], "timeline": []} for _ in allocations]
     for a, b in zip(cuts, cuts[1:], strict=False):
         if b <= a:
             continue
@@ -140,6 +141,7 @@ def _sweep_cluster(
             for k in mine:
                 outside = min(beyond * free[k] / room, free[k] * dt) if room else 0.0
                 usage[k]["outside"] += outside
+                usage[k]["timeline"].append((a, b, held[k] + outside / dt))
                 if held[k] == 0:
                     quiet = watched[cpu].quiet(a, b) if beyond > 0 else [(a, b)]
                     usage[k]["quiet"] += quiet
@@ -205,10 +207,14 @@ def programme_view(
             group = groups.setdefault(
                 key,
                 dict(zip(GROUP_KEYS, key, strict=True))
-                | {"allocations": 0, "gpus_now": 0}
+                | {"allocations": 0, "gpus_now": 0, "timelines": []}
                 | {f"{s}_hours": 0.0 for s in PARTS},
             )
             group["allocations"] += 1
+            group["timelines"].append(
+                {"gpus": int(alloc["gpus"]), "start_unix": float(alloc["start_unix"]),
+                 "pieces": usage["timeline"], "quiet": usage["quiet"]}
+            )  # fmt: skip
             if float(alloc["start_unix"]) <= now < float(alloc["end_unix"]):
                 group["gpus_now"] += int(alloc["gpus"])
             for part in PARTS:

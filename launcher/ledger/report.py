@@ -569,6 +569,40 @@ def programme_of(
     )
 
 
+def plot_programme_timelines(groups: Sequence[Mapping[str, Any]], stretch_s: float) -> bytes:
+    """GPUs used over time against GPUs allocated, per allocation of the groups with the
+    largest gaps; idle stretches shaded."""
+    from matplotlib.figure import Figure
+
+    shown = [(g, t) for g in groups for t in g["timelines"] if t["pieces"]][:MAX_PLOTTED_NODES]
+    rows, cols = _grid(len(shown), columns=2)
+    figure = Figure(figsize=(6 * cols, 2.4 * rows))
+    for index, (group, timeline) in enumerate(shown):
+        axes = figure.add_subplot(rows, cols, index + 1)
+        xs, ys = [], []
+        for a, b, used in timeline["pieces"]:
+            xs += [datetime.fromtimestamp(a, timezone.utc), datetime.fromtimestamp(b, timezone.utc)]
+            ys += [used, used]
+        axes.fill_between(xs, ys, step=None, color=STATE_COLOURS["productive"], alpha=0.5,
+                          label="used")  # fmt: skip
+        axes.axhline(timeline["gpus"], color="#333", linewidth=1, label="allocated")
+        for a, b in timeline["quiet"]:
+            if b - a >= stretch_s:
+                axes.axvspan(datetime.fromtimestamp(a, timezone.utc),
+                             datetime.fromtimestamp(b, timezone.utc),
+                             color=STATE_COLOURS["idle"], alpha=0.25)  # fmt: skip
+        axes.set_ylim(0, timeline["gpus"] * 1.1)
+        axes.set_title(f"{group['cluster']} / {group['project']} ({group['provider'] or '-'})",
+                       fontsize=8)  # fmt: skip
+        axes.tick_params(labelsize=6)
+        axes.set_ylabel("GPUs", fontsize=7)
+        if index == 0:
+            axes.legend(fontsize=6, loc="upper right")
+    figure.autofmt_xdate()
+    figure.tight_layout()
+    return _png(figure)
+
+
 def write_programme(
     ledger: Any,
     out_dir: str | os.PathLike[str],
@@ -613,7 +647,13 @@ def write_programme(
         "plus utilisation below the idle rule while jobs ran; used counts what the node "
         "watchers saw busy beyond the gosok jobs (work run without gosok).",
     ]
-    figures = [("Where the allocated hours went", plot_programme(groups))] if groups else []
+    figures = []
+    if groups:
+        figures.append(("Where the allocated hours went", plot_programme(groups)))
+        figures.append(
+            ("GPUs used against allocated over time (idle stretches shaded)",
+             plot_programme_timelines(groups, stretch_s))
+        )  # fmt: skip
     out_csv = io.StringIO()
     writer = csv.writer(out_csv)
     writer.writerow(PROGRAMME_CSV)

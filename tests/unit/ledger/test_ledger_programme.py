@@ -87,7 +87,7 @@ def test_allocate_and_programme_report_from_the_command_line(tmp_path, capsys):
     text = capsys.readouterr().out
     assert "IDLE STRETCH c1/llm" in text and "IDLE STRETCH c2/vision" in text
     assert "IDLE STRETCHES" in (out / "programme.md").read_text()
-    assert (out / "programme.html").read_text().count("data:image/png;base64,") == 1
+    assert (out / "programme.html").read_text().count("data:image/png;base64,") == 2
     assert (out / "programme.csv").read_text().splitlines()[0].startswith("provider,cluster")
 
 
