@@ -154,6 +154,21 @@ class NetnsNetwork:
         """Take node ``index``'s link down (a cable pulled): for failure tests."""
         _ip("-n", self.ns(index), "link", "set", "eth0", "down")
 
+    def slow_link(self, index: int, rate: str = "200mbit") -> None:
+        """Rate-limit worker node ``index``'s link both ways (a token bucket on each end of
+        its veth; this kernel may lack ``netem``): a bad cable or NIC, for isolation tests."""
+        tbf = ["root", "tbf", "rate", rate, "burst", "32kbit", "latency", "50ms"]
+        for where, dev in self._link_ends(index):
+            subprocess.run(["tc", *where, "qdisc", "add", "dev", dev, *tbf], check=True)
+
+    def heal_link(self, index: int) -> None:
+        for where, dev in self._link_ends(index):
+            subprocess.run(["tc", *where, "qdisc", "del", "dev", dev, "root"], check=False)
+
+    def _link_ends(self, index: int) -> tuple[tuple[list[str], str], ...]:
+        """The two ends of worker ``index``'s veth: on this machine, inside its namespace."""
+        return ([], f"{self.tag}-v{index}"), (["-n", self.ns(index)], "eth0")
+
     def destroy(self) -> None:
         for index in range(1, self.nodes):
             _ip("netns", "del", self.ns(index), check=False)
