@@ -46,7 +46,7 @@ from typing import Any
 from gosok.launcher.config.secrets import current
 
 from .sampler import IdleTracker
-from .writer import WRITE_TIMEOUT_S, LedgerWriter, _print_stderr
+from .writer import WRITE_TIMEOUT_S, LedgerWriter, print_stderr
 
 SAMPLE_RETENTION_S = 7 * 24 * 3600.0
 MIN_DRAIN_EVERY_S = 1.0
@@ -99,7 +99,7 @@ class LaunchRecorder:
         cluster: Any,
         detail: Mapping[str, Any] | None = None,
         tokens_per_step: int | None = None,
-        say: Callable[[str], None] = _print_stderr,
+        say: Callable[[str], None] = print_stderr,
         started_unix: float | None = None,
     ) -> None:
         self.enabled = bool(settings.enabled)
@@ -139,7 +139,7 @@ class LaunchRecorder:
 
     @classmethod
     def for_launch(
-        cls, cfg: Any, plan: Any, say: Callable[[str], None] = _print_stderr
+        cls, cfg: Any, plan: Any, say: Callable[[str], None] = print_stderr
     ) -> LaunchRecorder:
         """The recorder of a ``gosok launch`` run: ``cfg`` its composed config, ``plan``
         its ``LaunchPlan`` (run id, job id, run directory, batch arithmetic)."""
@@ -419,7 +419,7 @@ def record_bench(
     exit_status: int | str,
     *,
     run_dir: Any = None,
-    say: Callable[[str], None] = _print_stderr,
+    say: Callable[[str], None] = print_stderr,
     detail: Mapping[str, Any] | None = None,
 ) -> str | None:
     """Record one ``gosok bench`` run as a ``bench`` job (productive throughout: a

@@ -45,7 +45,7 @@ MAX_RETRY_S = 5.0
 _CLOSE = object()
 
 
-def _print_stderr(text: str) -> None:
+def print_stderr(text: str) -> None:
     print(text, file=sys.stderr, flush=True)
 
 
@@ -156,7 +156,7 @@ class LedgerWriter:
     def __init__(
         self,
         path: str | None,
-        say: Callable[[str], None] = _print_stderr,
+        say: Callable[[str], None] = print_stderr,
         timeout_s: float = WRITE_TIMEOUT_S,
         prune_older_than_s: float | None = None,
     ) -> None:
@@ -369,7 +369,7 @@ class LedgerWriter:
         return self.kept is None
 
 
-def push(ledger_value: str | None, say: Callable[[str], None] = _print_stderr) -> tuple[int, int]:
+def push(ledger_value: str | None, say: Callable[[str], None] = print_stderr) -> tuple[int, int]:
     """Send every idle buffer to its ledger (or ``ledger_value``); returns (buffers sent,
     buffers kept). A buffer is removed only when the ledger took every write in it."""
     sent = kept = 0

@@ -5,6 +5,7 @@ stretches flagged, groups ranked by their gap; ``gosok ledger allocate`` and ``r
 from __future__ import annotations
 
 import math
+import sqlite3
 
 import pytest
 
@@ -153,3 +154,31 @@ def test_busy_intervals_follow_the_samples():
         ("c", "n", "gpu0", 0.0, 10.0), ("c", "n", "gpu0", 20.0, 30.0),
         ("c", "n", "gpu0", 30.0, 60.0), ("c", "n", "gpu0", 200.0, 230.0),
     ]  # fmt: skip
+
+
+def test_metrics_say_when_the_ledger_is_away_and_recover(tmp_path):
+    from prometheus_client import CollectorRegistry, generate_latest
+    from prometheus_client.parser import text_string_to_metric_families
+
+    from gosok.launcher.ledger.metrics import LedgerCollector
+
+    path = tmp_path / "l.sqlite"
+    away = {"now": True}
+
+    def opener():
+        if away["now"]:
+            raise sqlite3.OperationalError("database is locked")
+        return Ledger.open(path)
+
+    Ledger.open(path).close()
+    registry = CollectorRegistry()
+    registry.register(LedgerCollector(opener, cache_s=0.0))
+
+    def up() -> float:
+        text = generate_latest(registry).decode()
+        families = {f.name: f for f in text_string_to_metric_families(text)}
+        return families["gosok_ledger_up"].samples[0].value
+
+    assert up() == 0.0
+    away["now"] = False
+    assert up() == 1.0
