@@ -257,8 +257,8 @@ def _programme(args: argparse.Namespace, out_dir: Path, console: Any) -> int:
     table = Table(title=f"programme: {len(view['groups'])} groups, largest gap first")
     columns = ("provider", "cluster", "GPU type", "project", "allocated", "used", "productive",
                "idle", "gap")  # fmt: skip
-    for column in columns:
-        table.add_column(column, justify="left" if column[0].islower() else "right")
+    for index, column in enumerate(columns):
+        table.add_column(column, justify="left" if index < 4 else "right")
     for g in view["groups"]:
         table.add_row(
             g["provider"] or "-",
