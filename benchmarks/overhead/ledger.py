@@ -44,6 +44,7 @@ from gosok.launcher.ledger.db import Ledger
 from gosok.launcher.ledger.metrics import render
 from gosok.launcher.ledger.report import write_programme
 from gosok.launcher.ledger.writer import LedgerWriter, read_spool
+from gosok.launcher.results.store import write_results
 
 OUT = Path(__file__).resolve().parents[1] / "results" / "cpu" / "ledger.json"
 # Two attempts per job (seconds from its start): a node lost at 1800 s, then a resume.
@@ -263,15 +264,19 @@ def main(argv: list[str] | None = None) -> int:
             print(json.dumps(results[backend], indent=1), flush=True)
         results["away"] = away_writer(args.ops)
         print(json.dumps(results["away"]), flush=True)
-    doc = {
-        "benchmark": "ledger",
-        "method": __doc__,
-        **facts(vars(args) | {"postgres": bool(args.postgres)}),
-        "results": results,
-    }
     Path(args.out).parent.mkdir(parents=True, exist_ok=True)
-    Path(args.out).write_text(json.dumps(doc, indent=1, sort_keys=True) + "\n")
-    print(f"wrote {args.out}")
+    write_results(
+        Path(args.out),
+        {
+            "kind": "ledger_load",
+            "what": "the goodput ledger under load: concurrent writers, the buffered writer, "
+            "one Prometheus scrape of a programme-sized ledger; SQLite and PostgreSQL",
+            **facts(vars(args) | {"postgres": bool(args.postgres)}),
+            "method": __doc__,
+            "results": results,
+        },
+    )
+    print(f"results: {args.out}")
     return 0
 
 
