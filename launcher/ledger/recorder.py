@@ -45,7 +45,7 @@ from typing import Any
 
 from gosok.launcher.config.secrets import current
 
-from .sampler import IdleTracker
+from .sampler import SPAN_FIELDS, IdleTracker
 from .writer import WRITE_TIMEOUT_S, LedgerWriter, print_stderr
 
 SAMPLE_RETENTION_S = 7 * 24 * 3600.0
@@ -390,15 +390,7 @@ class LaunchRecorder:
     def _write_spans(self, spans: Iterable[Mapping[str, Any]]) -> None:
         assert self._writer is not None
         for span in spans:
-            self._writer.op(
-                "add_idle_span",
-                cluster=span["cluster"],
-                node=span["node"],
-                start_unix=span["start_unix"],
-                end_unix=span["end_unix"],
-                mean_util_pct=span["mean_util_pct"],
-                device=span["device"],
-            )
+            self._writer.op("add_idle_span", **{k: span[k] for k in SPAN_FIELDS})
 
 
 # ---- gosok bench ------------------------------------------------------------------------

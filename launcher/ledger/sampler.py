@@ -233,6 +233,10 @@ class UtilSampler:
         return self.drain()
 
 
+# What an idle span is stored with (``Ledger.add_idle_span``'s arguments).
+SPAN_FIELDS = ("cluster", "node", "start_unix", "end_unix", "mean_util_pct", "device")
+
+
 def utilisation(row: Mapping[str, Any]) -> float | None:
     """The busy figure of a row: GPU utilisation, else CPU utilisation."""
     value = row.get("gpu_util_pct")

@@ -24,9 +24,7 @@ import time
 from collections.abc import Callable
 from typing import Any
 
-from .sampler import IdleTracker, UtilSampler
-
-SPAN_FIELDS = ("cluster", "node", "start_unix", "end_unix", "mean_util_pct", "device")
+from .sampler import SPAN_FIELDS, IdleTracker, UtilSampler
 
 
 def watch(
