@@ -70,6 +70,9 @@ def ray_cluster(state_dir):
     state = local_cluster.start(cfg)
     ray.init(address=state.address, logging_level="ERROR", log_to_driver=False)
     try:
+        from gosok.launcher.ranks.agent import start_cluster_agents
+
+        start_cluster_agents()  # as `gosok cluster up` does
         yield state
     finally:
         ray.shutdown()
@@ -152,13 +155,13 @@ def assert_refused_clearly(
 
 def live_actors() -> list[dict]:
     """Actors still alive in the connected Ray cluster (a leak check after a run); the
-    per-node warm holders outlive launches on purpose and are not counted."""
+    cluster's node agents outlive launches on purpose and are not counted."""
     from ray._private import state
 
     return [
         a
         for a in state.actors().values()
-        if a.get("State") != "DEAD" and not str(a.get("Name") or "").startswith("gosok-warm-")
+        if a.get("State") != "DEAD" and not str(a.get("Name") or "").startswith("gosok-agent-")
     ]
 
 

@@ -6,7 +6,7 @@ cluster, in one run.
 Two numbers per command, per round: the whole command (wall time from starting it to its
 exit) and command -> first step (rank 0 writes ``time.time()`` right after its first step:
 a forward/backward and a gradient all_reduce). Rounds alternate the three commands,
-rotating their order, after one untimed round (it starts the nodes' warm servers, as the
+rotating their order, after one untimed round (it starts the nodes' zygotes, as the
 first launch on a fresh cluster does); medians and ratios to torchrun are reported. The
 CLI's own start-up is measured too: ``gosok --help`` and a refused override (exit 2).
 

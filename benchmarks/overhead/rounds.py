@@ -33,7 +33,7 @@ def alternate(
     """One untimed round, then ``rounds`` rounds of ``one(name, index)`` for every name,
     the order rotated each round; every figure of every round, by name and key."""
     times: dict[str, dict[str, list[float]]] = {n: {k: [] for k in keys} for n in names}
-    for name in names:  # untimed: the first launch starts the nodes' warm servers
+    for name in names:  # untimed: the first launch starts the nodes' zygotes
         one(name, -1)
     for index in range(rounds):
         shift = index % len(names)

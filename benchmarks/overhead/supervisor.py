@@ -6,11 +6,11 @@ Writes JSON (``--out``, default benchmarks/results/cpu/supervisor_sim.json).
 
 1. Driver CPU, two designs side by side on the same simulated ranks, polls interleaved:
 
-   - per-node (gosok now, ``WarmRanks.poll``): each node's monitor folds its ranks' answers
+   - per-node (gosok now, ``RankGroup.poll``): each node's agent folds its ranks' answers
      into one report (real ``NodeReporter`` objects, not charged to the driver); the
      driver decodes one message per node and runs ``GroupWatch.observe``;
-   - per-rank (the fallback, ``ActorRanks.poll``): the driver decodes one answer per rank,
-     folds them itself (a ``NodeReporter`` per node) and runs ``GroupWatch.observe``.
+   - per-rank (one call per rank): the driver decodes one answer per rank, folds them
+     itself (a ``NodeReporter`` per node) and runs ``GroupWatch.observe``.
 
    ``pickle.loads`` of messages pickled outside the timed region stands in for the
    transport's decode. Driver CPU is ``time.thread_time()`` around the driver's part only;
@@ -20,7 +20,7 @@ Writes JSON (``--out``, default benchmarks/results/cpu/supervisor_sim.json).
 2. Detection latency of the per-node driver in virtual time (a clock advancing poll_s per
    poll, poll_s + report_timeout_s when a node is silent, as the real driver waits that
    long for a late report). Each fault happens right after a poll (t0); latency = virtual
-   time of the verdict - t0. Scenarios: a node goes silent (link cut), a node's holder dies,
+   time of the verdict - t0. Scenarios: a node goes silent (link cut), a node's agent dies,
    a rank exits 1, the job hangs (every rank waits in a collective that one rank never
    entered). The verdict must name the right node or rank, else this exits 1.
 """
@@ -59,10 +59,10 @@ METHOD = (
     "decode), for per-rank the fold into one NodeReporter per node, then "
     "GroupWatch.observe; the two designs alternate which goes first each poll; median CPU "
     "over the timed polls. Not included: Ray's per-message cost (ray.wait / ray.get, object"
-    " store, RPC), ActorRanks.poll's own bookkeeping around the fold, output writing. "
+    " store, RPC), the per-rank bookkeeping around the fold, output writing. "
     "Detection latency: virtual clock, each poll lasting poll_s, or poll_s + "
     "report_timeout_s when a node is silent; a fault happens right after a poll (t0); a "
-    "dead holder is reported at the next poll (Ray's own failure detection time is not "
+    "dead agent is reported at the next poll (Ray's own failure detection time is not "
     "modelled); latency = verdict time - t0."
 )
 
@@ -261,7 +261,7 @@ def expected_latency(scenario: str, fault: Fault) -> float:
     if scenario == "hang":  # the last move is seen one poll late; then strictly more than
         polls = math.floor(fault.hang_timeout_s / fault.poll_s + 1e-9) + 1
         return fault.poll_s + polls * fault.poll_s
-    return fault.poll_s  # dead holder, rank exit: the next poll
+    return fault.poll_s  # dead agent, rank exit: the next poll
 
 
 def named(verdict: Verdict) -> str:
@@ -296,7 +296,7 @@ def detect(scenario: str, nodes: int, per_node: int, fault: Fault, lead: int) ->
             if scenario == "node_silent":
                 silent = {node}
             elif scenario == "node_dead":
-                dead = {node: "its holder is gone (ActorDiedError)"}
+                dead = {node: "its node agent is gone (ActorDiedError)"}
             elif scenario == "rank_exit":
                 job.exit(exit_rank, 1, UNIX0 + now)
             else:

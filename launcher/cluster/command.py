@@ -34,6 +34,26 @@ def _print_nodes(address: str, console: Any, local_name: str | None = None) -> N
         ray.shutdown()
 
 
+def _start_agents(address: str, name: str, console: Any) -> None:
+    """The cluster's node agents, with torch imported in their zygotes, so launches on it
+    start warm; a failure here leaves launches to start their own agents."""
+    import ray
+
+    from gosok.launcher.ranks.agent import start_cluster_agents
+
+    local_cluster.use_auth(name)
+    ray.init(address=address, namespace="gosok", logging_level="ERROR", log_to_driver=False)
+    try:
+        count = start_cluster_agents()
+        console.print(f"node agents: {count}, torch imported in their zygotes")
+    except Exception as err:  # noqa: BLE001  (warmth is an optimisation, never a failure)
+        console.print(
+            f"node agents not started ({type(err).__name__}: {err}); launches start their own"
+        )
+    finally:
+        ray.shutdown()
+
+
 def run_cluster_command(cfg: Any, console: Any) -> int:
     cluster = cfg.cluster
     raise_if(validate_cluster(cluster))
@@ -51,6 +71,7 @@ def run_cluster_command(cfg: Any, console: Any) -> int:
             f"{cluster.nodes} node(s) x {cluster.gpus_per_node} slot(s); "
             f"logs in {state.log_dir}"
         )
+        _start_agents(state.address, cluster.name, console)
         return 0
     if action == "down":
         stopped = local_cluster.stop(cluster.name)

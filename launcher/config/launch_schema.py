@@ -153,10 +153,10 @@ class AllocationConfig:
 class LaunchOptions:
     """How the ranks' processes are started, and what is reported about it."""
 
-    #: true: every rank is a fresh ``python`` started by its own rank actor (imports torch
-    #: itself). false: ranks are forked from a warm server on each node that has torch (and
-    #: DeepSpeed / the recipe when the job needs them) imported already; gosok falls back
-    #: to fresh processes, saying why, when the warm server cannot serve the job.
+    #: true: every rank is a fresh ``python`` (imports torch itself), started by its node's
+    #: agent. false: ranks are forked from the zygote of each node's agent, which has torch
+    #: (and DeepSpeed / the recipe when the job needs them) imported already; gosok falls
+    #: back to fresh processes, saying why, when the zygote cannot serve the job.
     fresh_process: bool = False
     #: Print where the time went from the command to rank 0's first step (CLI, connect,
     #: placement, process start, imports, process-group init) and store it in launch.json.

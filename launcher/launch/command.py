@@ -223,9 +223,9 @@ def print_plan(cfg: Any, plan: LaunchPlan, console: Console) -> None:
     out(f"argv (every rank, no shell): {json.dumps(plan.argv)}")
     out(f"cwd: {plan.cwd}")
     if cfg.launch.fresh_process:
-        out("rank start: fresh processes, one per rank actor (launch.fresh_process=true)")
+        out("rank start: fresh processes, started by each node's agent (launch.fresh_process=true)")
     else:
-        out(f"rank start: warm, forked from each node's warm server with "
+        out(f"rank start: warm, forked from each node's zygote with "
             f"{', '.join(warm_preload(cfg.job))} imported (fresh processes, with the reason, "
             "where it cannot serve the job)")  # fmt: skip
     shown = ranks.ranks if len(ranks.ranks) <= 16 else ranks.ranks[:4] + ranks.ranks[-2:]
@@ -269,7 +269,7 @@ def print_plan(cfg: Any, plan: LaunchPlan, console: Console) -> None:
 
 
 def warm_preload(job: Any) -> tuple[str, ...]:
-    """What the nodes' warm servers import before forking this job's ranks."""
+    """What the nodes' zygotes import before forking this job's ranks."""
     if job.kind != "recipe":
         return ("torch",)
     if job.strategy == "deepspeed":
@@ -280,7 +280,7 @@ def warm_preload(job: Any) -> tuple[str, ...]:
 PROFILE_PHASES = (
     ("cli", "Python start, imports, Hydra compose, validation, run directory"),
     ("connect", "import ray and the supervisor, ray.init"),
-    ("placement", "node check, placement group, warm holders / rank actors"),
+    ("placement", "node check, placement group, node agents and their zygotes"),
     ("process start", "spawn request -> rank 0 runs its script"),
     ("script imports", "rank 0: script start -> init_process_group called"),
     ("process group", "rank 0: init_process_group"),

@@ -3,7 +3,7 @@ supervisor feeds it, and ``benchmarks/overhead/supervisor.py`` drives it with th
 simulated nodes).
 
 Each poll brings, per node, a report (``ranks/node_report.py``), nothing (a missed report),
-or a definitive death (its holder or actor is gone). The watch decides:
+or a definitive death (its agent or actor is gone). The watch decides:
 
 - ``lost``: a node is dead, or missed ``missed_reports`` reports in a row;
 - ``ok``: every rank exited 0;

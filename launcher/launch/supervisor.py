@@ -1,15 +1,15 @@
 """The restart loop of ``gosok launch``: place the ranks, start every rank's process, watch
 them, and on a failure tear the group down and start again from the latest checkpoint.
 
-One attempt = one ``LaunchRanks`` (``ranks/warm_pool.py``): a placement group and each
-rank's process forked from its node's warm server (or, with ``launch.fresh_process=true``
-or when the warm servers cannot serve the job, one actor per rank starting a fresh
-``script_runner``). The driver polls every ``fault.poll_s`` (warm: answered at once when a
-rank exits): exit codes, heartbeats (step, loss, tokens/s) and new output of the tee
+One node agent per node serves the whole launch (``rank_group.AgentPool``); one attempt
+= one ``RankGroup``: a placement group and each rank's process forked from its node's
+zygote (or, with ``launch.fresh_process=true`` or when the zygote cannot serve the job, a
+fresh ``script_runner`` interpreter). The driver polls every ``fault.poll_s`` (answered at
+once when a rank exits): exit codes, heartbeats (step, loss, tokens/s) and new output of the tee
 ranks. An attempt ends when
 
 - every rank exited 0 (success);
-- a rank's actor or node holder is dead or unreachable (node or worker lost:
+- a rank's node agent is dead or unreachable (node or worker lost:
   infrastructure, retried; its node goes on the blocklist when a spare node can take its
   place);
 - a rank was killed by a signal (infrastructure, retried);
@@ -44,8 +44,8 @@ from gosok.launcher.config.secrets import current
 from gosok.launcher.errors import ENVIRONMENT_ERRORS, GosokError, RankStartError
 from gosok.launcher.launch.monitor import GroupWatch, Verdict, WatchPolicy
 from gosok.launcher.launch.policy import NOT_RETRIED, Ended, RestartPolicy
+from gosok.launcher.launch.rank_group import AgentPool, RankGroup, WarmNeeds
 from gosok.launcher.ranks.plan import backend_for
-from gosok.launcher.ranks.warm_pool import LaunchRanks, WarmNeeds
 from gosok.launcher.ranks.workers import alive_nodes, slots_of
 from gosok.launcher.results.store import atomic_write_bytes
 
@@ -69,7 +69,7 @@ class RunSpec:
     tee_ranks: list[int]
     expect_heartbeat: bool
     total_steps: int | None
-    preload: tuple[str, ...] = ("torch",)  # what the warm servers import for this job
+    preload: tuple[str, ...] = ("torch",)  # what the nodes' zygotes import for this job
     fresh_process: bool = False  # launch.fresh_process
     profile: bool = False  # launch.profile: ranks write start-up marks
     checkpoint_key: bytes | None = None  # authenticates the recipe's checkpoint manifest
@@ -141,10 +141,17 @@ class Supervisor:
         self.task: Any = None
         # Told of each attempt's start, polls and end (e.g. ``ledger.recorder.LaunchRecorder``).
         self.observer = observer
+        self.agents = AgentPool()
 
     # ---- the loop ---------------------------------------------------------------------
 
     def run(self) -> SupervisorResult:
+        try:
+            return self._run()
+        finally:
+            self.agents.close()
+
+    def _run(self) -> SupervisorResult:
         policy = RestartPolicy(self.fault, nodes_needed=self.cluster.nodes)
         self.blocklist = policy.blocklist
         columns = [
@@ -227,7 +234,8 @@ class Supervisor:
         resume = self._resume_step()
         if resume is not None:
             env["GOSOK_RESUME_STEP"] = str(resume)  # decided once, the same on every rank
-        group = LaunchRanks(
+        group = RankGroup(
+            self.agents,
             self.cluster,
             env,
             WarmNeeds.for_job(self.spec.argv, self.spec.env, self.spec.preload),
@@ -254,7 +262,7 @@ class Supervisor:
             self._drain(group, self.spec.log_root / f"attempt-{attempt}")
             group.shutdown()
 
-    def _drain(self, group: LaunchRanks, log_dir: Path) -> None:
+    def _drain(self, group: RankGroup, log_dir: Path) -> None:
         """Bring back what the ranks printed since the last poll (their logs live on their
         own nodes) before the group is torn down."""
         for _ in range(DRAIN_POLLS):
@@ -315,7 +323,7 @@ class Supervisor:
                 return
             time.sleep(1.0)
 
-    def _watch(self, attempt: int, group: LaunchRanks, started: float) -> AttemptOutcome:
+    def _watch(self, attempt: int, group: RankGroup, started: float) -> AttemptOutcome:
         spec = self.spec
         log_dir = spec.log_root / f"attempt-{attempt}"
         spawn = {
@@ -392,7 +400,7 @@ class Supervisor:
             )
             return outcome
 
-    def _root_cause(self, group: LaunchRanks, watch: GroupWatch, verdict: Verdict) -> Verdict:
+    def _root_cause(self, group: RankGroup, watch: GroupWatch, verdict: Verdict) -> Verdict:
         """A lost node makes its peers fail fast with connection errors: before blaming the
         first rank that exited, hear from every node once more (a node that does not answer
         within ``EXIT_GRACE_S`` may be the lost root cause, which then wins)."""
@@ -412,7 +420,7 @@ class Supervisor:
         return verdict
 
     def _spawn_failed(
-        self, outcome: AttemptOutcome, group: LaunchRanks, err: Exception
+        self, outcome: AttemptOutcome, group: RankGroup, err: Exception
     ) -> AttemptOutcome:
         """The ranks could not be started. A node that died or went silent meanwhile is
         infrastructure (retried elsewhere); a node that cannot run the job (no such
@@ -435,7 +443,7 @@ class Supervisor:
         outcome.signature = normalised(f"spawn {type(cause).__name__}: {detail}")
         return outcome
 
-    def _say_rank_start(self, group: LaunchRanks, outcome: AttemptOutcome) -> None:
+    def _say_rank_start(self, group: RankGroup, outcome: AttemptOutcome) -> None:
         """One line on how the ranks were started: on the first attempt, then on change."""
         outcome.rank_start = group.start_record()
         outcome.timings.update(group.timings)

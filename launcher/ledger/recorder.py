@@ -21,8 +21,8 @@ attempt's ranks, ``on_poll(attempt, group, view)`` after each poll of the ranks,
   ``checkpoints`` / ``checkpoint_s`` / ``checkpoint_unix`` / ``checkpoint_step``, from
   which each save becomes a ``checkpoint`` event. Without ``first_step_unix``, the first
   heartbeat seen stands in;
-- utilisation samples: local rank 0's actor on each node (for warm ranks, the node's
-  holder) runs a ``UtilSampler`` while the ranks run, measuring the node's GPUs and the
+- utilisation samples: local rank 0's actor on each node (for ``gosok launch``, the
+  node's agent) runs a ``UtilSampler`` while the ranks run, measuring the node's GPUs and the
   CPU share of the job's rank processes there (their pids come with the polls); the
   recorder drains it every ``sample_interval_s`` (at least every second) without waiting,
   and once more with ``stop`` when the ranks end. Idle spans (``idle_below``,

@@ -1,4 +1,4 @@
-"""One message per node per poll: what the node's monitor (its warm holder) tells the driver
+"""One message per node per poll: what the node's monitor (its node agent) tells the driver
 about all of its ranks at once, so the driver's work per poll grows with nodes, not ranks.
 
 A report::

@@ -1,7 +1,7 @@
 """Per-user directories on a shared node: only their owner may write there.
 
 ``/tmp`` is shared by every user of a login or compute node. A directory gosok keeps there
-(unpacked code, a rank's working files, the warm server's socket) is created 0700, and an
+(unpacked code, a rank's working files) is created 0700, and an
 existing one is used only when it is a real directory (not a symlink) owned by this user
 with no access for anyone else; one of ours that others could write to is set aside and
 made afresh; anything else is refused, naming it. Another user who

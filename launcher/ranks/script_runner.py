@@ -5,16 +5,15 @@ A fresh rank is ``python -m gosok.launcher.ranks.script_runner <script.py | --mo
 args``: it asks the kernel to kill it when its actor dies (no orphans when a node or actor
 goes), arranges a Python stack dump on SIGUSR1 (hang diagnosis), then runs the script as
 ``__main__`` with ``sys.argv = [script, *args]``, so a torchrun-style script runs
-unchanged. A warm rank runs the same ``[script, args...]`` forked from the node's warm
-server (``warm.py``), which gives it the same argv, env, cwd, ``__main__``, signals, stack
-dumps and exit codes. No shell is involved anywhere: argv is a list from config to
-``execve``.
+unchanged. A warm rank runs the same ``[script, args...]`` forked from the node's zygote
+(``zygote.py``, ``forked.py``), which gives it the same argv, env, cwd, ``__main__``,
+signals, stack dumps and exit codes. No shell is involved anywhere: argv is a list from
+config to ``execve``.
 
 The node-side functions (``spawn_rank``, ``poll_rank``, ``log_tail``, ``dump_stack``,
-``stop_rank``) take a context with ``rank``, ``node_id`` and a ``state`` dict: a
-``RankActor``'s (fresh ranks, through ``RankActor.call``) or the warm holder's per-rank
-slot (``warm_pool.py``); the child (a ``Popen`` or a ``WarmChild``) is kept in
-``ctx.state["child"]``.
+``stop_rank``) take a context with ``rank``, ``node_id`` and a ``state`` dict: the node
+agent's per-rank slot (``agent.py``); the child (a ``ZygoteChild``, or a ``Popen`` where
+no zygote is given) is kept in ``ctx.state["child"]``.
 
 With ``GOSOK_PROFILE_FILE`` set (``launch.profile=true``) the rank appends start-up marks
 there: ``start``, ``ready`` (torch imported), ``pg_init_start`` / ``pg_init_end``.
@@ -72,13 +71,13 @@ def _arm_profile() -> None:
     path = os.environ.get(PROFILE_ENV)
     if not path:
         return
-    from gosok.launcher.ranks import warm
+    from gosok.launcher.ranks import forked
 
-    warm.mark(path, "start", warm=False)
+    forked.mark(path, "start", warm=False)
     with contextlib.suppress(ImportError):
         import torch.distributed  # noqa: F401
 
-    warm.arm_profile(path, warm=False)
+    forked.arm_profile(path, warm=False)
 
 
 def main(argv: list[str]) -> None:
@@ -154,15 +153,15 @@ def rank_files(log_dir: str, rank: int) -> dict[str, str]:
 def spawn_rank(
     ctx: Any,
     spec: dict[str, Any],
-    server: Any = None,
+    zygote: Any = None,
     base_env: dict[str, str] | None = None,
     on_exit: Callable[[], None] | None = None,
     execute: bool = False,
 ) -> dict[str, Any]:
-    """Start this rank's child: a fresh ``Popen`` of ``spec["argv"]``, or, with ``server``
-    (a ``warm.ServerHandle``), a fork of it running the same script, or with ``execute``
-    too, a fork of it that executes ``spec["argv"]`` (a fresh interpreter whose parent,
-    the server, started from a scrubbed environment). spec: argv, env (job-wide), rank_env
+    """Start this rank's child: a fresh ``Popen`` of ``spec["argv"]``, or, with ``zygote``
+    (a ``zygote.Zygote``), a fork of it running the same script, or with ``execute`` too,
+    a fork of it that executes ``spec["argv"]`` (a fresh interpreter whose parent, the
+    zygote, started from a scrubbed environment). spec: argv, env (job-wide), rank_env
     (per rank), cwd, log_dir, tee_ranks, profile. ``base_env`` (default: this process's) is
     what the job's env is laid over; ``on_exit`` is called from a thread when the child
     has ended."""
@@ -190,34 +189,7 @@ def spawn_rank(
         env[PROFILE_ENV] = files["marks"]
     env.setdefault("OMP_NUM_THREADS", "1")
     spawned = time.time()
-    if server is None:
-        log = open(files["log"], "ab")  # noqa: SIM115
-        proc: Any = subprocess.Popen(
-            argv,
-            env=env,
-            cwd=cwd,
-            stdin=subprocess.DEVNULL,
-            stdout=log,
-            stderr=subprocess.STDOUT,
-            process_group=0,
-        )
-        log.close()
-    elif execute:
-        program = argv[0] if os.sep in argv[0] else shutil.which(argv[0]) or argv[0]
-        found, runnable = os.path.isfile(program), os.access(program, os.X_OK)
-        for ok, code in ((found, errno.ENOENT), (runnable, errno.EACCES)):
-            if not ok:  # as Popen says it (FileNotFoundError, PermissionError), unforked
-                raise OSError(code, os.strerror(code), argv[0])
-        proc = server.spawn(
-            [program, *argv[1:]], env, cwd, files["log"], stack_file=files["stack"], execute=True
-        )
-    else:
-        script = script_argv(argv)
-        if script is None:
-            raise ValueError(f"not a script_runner argv: {argv!r}")
-        proc = server.spawn(script, env, cwd, files["log"], stack_file=files["stack"])
     state: dict[str, Any] = {
-        "proc": proc,
         "files": files,
         "tee": ctx.rank in spec.get("tee_ranks", []),
         "profile": bool(spec.get("profile")),
@@ -226,31 +198,52 @@ def spawn_rank(
         "exit_unix": None,
     }
 
-    def wait_exit() -> None:
-        with contextlib.suppress(Exception):
-            proc.wait()
+    def ended() -> None:
         state["exit_unix"] = time.time()
         if on_exit is not None:
             on_exit()
 
-    threading.Thread(target=wait_exit, name=f"rank-{ctx.rank}-exit", daemon=True).start()
+    if zygote is None:
+        with open(files["log"], "ab") as log:
+            proc: Any = subprocess.Popen(
+                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
+                stderr=subprocess.STDOUT, process_group=0,
+            )  # fmt: skip
+
+        def wait_exit() -> None:
+            with contextlib.suppress(Exception):
+                proc.wait()
+            ended()
+
+        threading.Thread(target=wait_exit, name=f"rank-{ctx.rank}-exit", daemon=True).start()
+    elif execute:
+        program = argv[0] if os.sep in argv[0] else shutil.which(argv[0]) or argv[0]
+        found, runnable = os.path.isfile(program), os.access(program, os.X_OK)
+        for ok, code in ((found, errno.ENOENT), (runnable, errno.EACCES)):
+            if not ok:  # as Popen says it (FileNotFoundError, PermissionError), unforked
+                raise OSError(code, os.strerror(code), argv[0])
+        argv = [program, *argv[1:]]
+        proc = zygote.spawn(argv, env, cwd, files["log"], execute=True, on_exit=ended)
+    else:
+        script = script_argv(argv)
+        if script is None:
+            raise ValueError(f"not a script_runner argv: {argv!r}")
+        proc = zygote.spawn(script, env, cwd, files["log"], on_exit=ended)
+    state["proc"] = proc
     ctx.state["child"] = state
     return {
         "rank": ctx.rank,
         "pid": proc.pid,
         "node_id": ctx.node_id,
         "actor_pid": os.getpid(),
-        "start": "fresh" if server is None or execute else "warm",
+        "start": "fresh" if zygote is None or execute else "warm",
     }
 
 
 def _returncode(proc: Any) -> int | None:
-    """The child's exit code (None while it runs). A warm child whose server is gone was
-    killed with it (PR_SET_PDEATHSIG): -SIGKILL."""
-    try:
-        return proc.poll()
-    except Exception:  # noqa: BLE001  (warm server unreachable)
-        return -signal.SIGKILL
+    """The child's exit code (None while it runs); a forked child whose zygote is gone
+    died with it: -SIGKILL."""
+    return proc.poll()
 
 
 def _signal(proc: Any, sig: int, group: bool) -> None:
@@ -377,8 +370,6 @@ def stop_rank(ctx: Any, grace_s: float = 2.0) -> int | None:
             _signal(proc, signal.SIGKILL, group=True)
             with contextlib.suppress(Exception):
                 proc.wait(5)
-        except Exception:  # noqa: BLE001  (warm server gone: the child went with it)
-            pass
     return _returncode(proc)
 
 

@@ -1,8 +1,8 @@
 """Warm rank start in ``gosok launch`` on the real local Ray cluster: ranks forked from each
-node's warm server see what fresh ranks see (argv, env, cwd, ``__main__``, exit codes), the
+node's zygote see what fresh ranks see (argv, env, cwd, ``__main__``, exit codes), the
 launch says which start it used, falls back to fresh ranks with the reason, kills the
 ranks when its driver dies, reports where the time went (``launch.profile=true``), and
-the node's holder replaces a server whose Python environment changed on disk.
+the node agent replaces a zygote whose Python environment changed on disk.
 """
 
 from __future__ import annotations
@@ -204,12 +204,12 @@ dist.destroy_process_group()
 
 def test_profile_names_where_the_time_went(ray_cluster, tmp_path):
     (tmp_path / "beating.py").write_text(BEATING)
-    # Every node of the session's cluster gets its holder and warm server ...
+    # Every node of the session's cluster has its agent and zygote ...
     _launch(tmp_path, "first", "cluster.nodes=3", "cluster.gpus_per_node=1", script="beating.py")
     run, _, doc = _launch(tmp_path, "profiled", "launch.profile=true", script="beating.py")
     assert "profile (warm ranks; seconds):" in run.stdout
     line = next(ln for ln in run.stdout.splitlines() if ln.startswith("ranks: "))
-    assert "warm server(s) started" not in line, "... which the next launch reuses"
+    assert "zygote(s) started" not in line, run.stdout
     phases = doc["profile"]["phases_s"]
     assert list(phases) == [
         "cli", "connect", "placement", "process start", "script imports", "process group",
@@ -222,38 +222,38 @@ def test_profile_names_where_the_time_went(ray_cluster, tmp_path):
     assert events == ["start", "ready", "pg_init_start", "pg_init_end"]
 
 
-def test_holder_replaces_a_server_whose_environment_changed(ray_cluster, tmp_path):
+def test_agent_replaces_a_zygote_whose_environment_changed(ray_cluster, tmp_path):
     import ray
 
-    from gosok.launcher.ranks.warm_pool import WarmHolder, WarmNeeds
+    from gosok.launcher.ranks.agent import NodeAgent, WarmNeeds
 
     module = tmp_path / "gw_preloaded.py"
     module.write_text("VALUE = 1\n")
     node_id = ray.get_runtime_context().get_node_id()
-    holder = WarmHolder.options(
+    agent = NodeAgent.options(
         max_concurrency=4, runtime_env={"env_vars": {"PYTHONPATH": str(tmp_path)}}
     ).remote(node_id)
     try:
         needs = WarmNeeds(preload=("gw_preloaded",), python=sys.executable)
-        first = ray.get(holder.prepare.remote(needs, {}), timeout=120)
+        first = ray.get(agent.prepare.remote(needs, {}), timeout=120)
         assert first["ok"] and first["started"], first
-        again = ray.get(holder.prepare.remote(needs, {}), timeout=120)
+        again = ray.get(agent.prepare.remote(needs, {}), timeout=120)
         assert again["ok"] and not again["started"] and again["pid"] == first["pid"]
         module.write_text("VALUE = 2  # changed on disk\n")
         os.utime(module, (time.time() + 5, time.time() + 5))
-        changed = ray.get(holder.prepare.remote(needs, {}), timeout=120)
+        changed = ray.get(agent.prepare.remote(needs, {}), timeout=120)
         assert changed["ok"] and changed["started"] and changed["pid"] != first["pid"]
         broken = WarmNeeds(preload=("gw_missing_module",), python=sys.executable)
-        refused = ray.get(holder.prepare.remote(broken, {}), timeout=120)
+        refused = ray.get(agent.prepare.remote(broken, {}), timeout=120)
         assert not refused["ok"] and "gw_missing_module" in refused["reason"]
         assert "\n" not in refused["reason"]
         other = WarmNeeds(preload=("gw_preloaded",), python="/usr/bin/python-other")
-        assert "job.python" in ray.get(holder.prepare.remote(other, {}), timeout=30)["reason"]
-        setting = ray.get(holder.prepare.remote(needs, {"PYTHONHASHSEED": "7"}), timeout=30)
+        assert "job.python" in ray.get(agent.prepare.remote(other, {}), timeout=30)["reason"]
+        setting = ray.get(agent.prepare.remote(needs, {"PYTHONHASHSEED": "7"}), timeout=30)
         assert not setting["ok"] and "PYTHONHASHSEED" in setting["reason"]
     finally:
-        ray.get(holder.stop_servers.remote(), timeout=60)
-        ray.kill(holder)
+        ray.get(agent.stop.remote(), timeout=60)
+        ray.kill(agent)
 
 
 STUCK = """
@@ -266,17 +266,14 @@ time.sleep(300)
 
 
 def test_node_side_functions_drive_a_warm_child(tmp_path):
-    """spawn / poll / dump_stack / stop of ``script_runner`` on a warm child, as a holder
-    runs them (no Ray: a bare warm server)."""
-    import shutil
-    import tempfile
+    """spawn / poll / dump_stack / stop of ``script_runner`` on a warm child, as an agent
+    runs them (no Ray: a bare zygote)."""
     import threading
 
-    from gosok.launcher.ranks import script_runner, warm
+    from gosok.launcher.ranks import script_runner, zygote
 
     (tmp_path / "stuck.py").write_text(STUCK)
-    sock_dir = Path(tempfile.mkdtemp(prefix="gw-", dir="/tmp"))
-    server = warm.start_server(str(sock_dir / "s.sock"), preload=())
+    server = zygote.Zygote.start(preload=())
     try:
         argv = [sys.executable, "-m", script_runner.RUNNER_MODULE, str(tmp_path / "stuck.py")]
         spec = {
@@ -290,7 +287,7 @@ def test_node_side_functions_drive_a_warm_child(tmp_path):
         ended = threading.Event()
         quick = SimpleNamespace(rank=1, node_id="n", state={})
         info = script_runner.spawn_rank(
-            quick, {**spec, "argv": [*argv, "exit"]}, server=server, on_exit=ended.set
+            quick, {**spec, "argv": [*argv, "exit"]}, zygote=server, on_exit=ended.set
         )
         assert info["start"] == "warm" and info["rank"] == 1
         assert ended.wait(30)
@@ -299,7 +296,7 @@ def test_node_side_functions_drive_a_warm_child(tmp_path):
         assert [m["event"] for m in answer["marks"]] == ["start", "ready"]
 
         slow = SimpleNamespace(rank=0, node_id="n", state={})
-        script_runner.spawn_rank(slow, {**spec, "argv": [*argv, "sleep"]}, server=server)
+        script_runner.spawn_rank(slow, {**spec, "argv": [*argv, "sleep"]}, zygote=server)
         wait_for(lambda: "up" in script_runner.log_tail(slow), 30, "the child's first line")
         assert script_runner.poll_rank(slow)["returncode"] is None
         stack = script_runner.dump_stack(slow, wait_s=5)
@@ -307,4 +304,3 @@ def test_node_side_functions_drive_a_warm_child(tmp_path):
         assert script_runner.stop_rank(slow, grace_s=5) == -signal.SIGTERM
     finally:
         server.stop(grace_s=0.5)
-        shutil.rmtree(sock_dir, ignore_errors=True)

@@ -53,8 +53,8 @@ def test_a_report_resets_the_missed_count_and_a_death_is_lost_at_once():
     assert w.observe({0: a.report()}, {}, 1.0) is None
     assert w.observe({0: a.report(), 1: b.report()}, {}, 2.0) is None
     assert w.observe({0: a.report()}, {}, 3.0) is None
-    verdict = w.observe({0: a.report()}, {1: "its holder is gone"}, 3.5)
-    assert verdict.kind == "lost" and verdict.lost == {1: "its holder is gone"}
+    verdict = w.observe({0: a.report()}, {1: "its node agent is gone"}, 3.5)
+    assert verdict.kind == "lost" and verdict.lost == {1: "its node agent is gone"}
 
 
 def test_every_rank_exiting_zero_is_ok_and_the_earliest_failure_wins():

@@ -1,4 +1,4 @@
-"""The pure parts of fast launching: what a job asks of the warm servers, the profile's
+"""The pure parts of fast launching: what a job asks of the node's zygote, the profile's
 phases, the runner argv, the cached command list and the single Hydra compose.
 """
 
@@ -14,8 +14,9 @@ from omegaconf import OmegaConf
 from gosok.launcher import cli
 from gosok.launcher.config.launch_schema import LaunchOptions, RecipeJobConfig, ScriptJobConfig
 from gosok.launcher.launch.command import RECIPE_MODULE, launch_profile, warm_preload
+from gosok.launcher.launch.rank_group import _JobCalls
+from gosok.launcher.ranks.agent import WarmNeeds
 from gosok.launcher.ranks.script_runner import RUNNER_MODULE, script_argv
-from gosok.launcher.ranks.warm_pool import HolderRank, WarmNeeds
 
 
 def test_launch_options_default_to_warm_without_profile():
@@ -86,10 +87,10 @@ def test_profile_phases_run_from_the_command_to_the_first_step():
     assert profile["command_to_first_step_s"] is None
 
 
-def test_holder_rank_sends_calls_to_the_node_holder_with_the_job():
+def test_job_calls_go_to_the_node_agent_with_the_job():
     calls = []
     method = SimpleNamespace(remote=lambda *a, **k: calls.append((a, k)) or "ref")
-    proxy = HolderRank(SimpleNamespace(drain_samples=method), "job-1")
+    proxy = _JobCalls(SimpleNamespace(drain_samples=method), "job-1")
     assert proxy.drain_samples.remote(stop=True) == "ref"
     assert calls == [(("job-1",), {"stop": True})]
     with pytest.raises(AttributeError):

@@ -1,36 +1,30 @@
-"""The warm rank server (``gosok.launcher.ranks.warm``): scripts forked from a server with
-torch preloaded see exactly the argv, env, cwd and ``__main__`` a fresh interpreter would
-give them, end with the same exit codes, can be signalled and killed, die with the server
-or their caller, and start much sooner than a fresh ``import torch``.
+"""The zygote (``gosok.launcher.ranks.zygote``): scripts forked from a zygote with torch
+preloaded see exactly the argv, env, cwd and ``__main__`` a fresh interpreter would give
+them, end with the same exit codes (pushed to the agent as they end), can be signalled and
+killed, die with the zygote, the zygote with its agent's end of the channel, and start
+much sooner than a fresh ``import torch``.
 
-No Ray. One torch-preloading server per module, a few bare ones (``preload=()``) for the
-life-cycle tests. Not covered: refusal of a peer with another uid (needs a second user).
+No Ray. One torch-preloading zygote per module, a few bare ones (``preload=()``) for the
+life-cycle tests.
 """
 
 from __future__ import annotations
 
 import json
 import os
-import shutil
 import signal
 import statistics
 import subprocess
 import sys
-import tempfile
 import textwrap
 import time
 from pathlib import Path
 
 import pytest
 
-from gosok.launcher.ranks import warm
+from gosok.launcher.ranks import forked, zygote
 
 SERVER_ONLY = "GOSOK_WARM_SERVER_ONLY"
-
-
-def _short_dir() -> Path:
-    # Unix socket paths are limited to 107 bytes: pytest's tmp_path can be longer.
-    return Path(tempfile.mkdtemp(prefix="gw-", dir="/tmp"))
 
 
 def _child_env(**extra: str) -> dict[str, str]:
@@ -58,16 +52,10 @@ def _gone(pid: int) -> bool:
 
 
 @pytest.fixture(scope="module")
-def sock_dir():
-    path = _short_dir()
-    yield path
-    shutil.rmtree(path, ignore_errors=True)
-
-
-@pytest.fixture(scope="module")
-def server(sock_dir):
+def server(tmp_path_factory):
     env = dict(os.environ, **{SERVER_ONLY: "1"})
-    handle = warm.start_server(str(sock_dir / "torch.sock"), preload=("torch",), env=env)
+    log = tmp_path_factory.mktemp("zygote") / "zygote.log"
+    handle = zygote.Zygote.start(preload=("torch",), env=env, log_path=str(log))
     yield handle
     handle.stop(grace_s=0.5)
 
@@ -205,7 +193,8 @@ def test_signal_rank_only_then_kill_group(server, tmp_path):
     )
     stack = tmp_path / "stack.txt"
     log = tmp_path / "sleeper.log"
-    child = server.spawn([str(script)], _child_env(), str(tmp_path), str(log), str(stack))
+    env = _child_env(GOSOK_STACK_FILE=str(stack))
+    child = server.spawn([str(script)], env, str(tmp_path), str(log))
     line = _wait_for(lambda: "ready" in log.read_text() and log.read_text(), what="ready")
     helper = int(line.split()[1])
     assert child.poll() is None
@@ -239,40 +228,18 @@ def test_two_children_run_concurrently(server, tmp_path):
     assert (first.wait(20), second.wait(20)) == (0, 0)
 
 
-def test_server_reaps_children_nobody_waits_for(server, tmp_path):
+def test_exits_are_pushed_to_the_agent(server, tmp_path):
     script = _script(tmp_path, "quick.py", "pass\n")
-    child = server.spawn([str(script)], _child_env(), str(tmp_path), "quick.log")
-    _wait_for(lambda: not os.path.exists(f"/proc/{child.pid}"), what="the zombie to be reaped")
+    ended = []
+    child = server.spawn([str(script)], _child_env(), str(tmp_path), "quick.log",
+                         on_exit=lambda: ended.append(True))  # fmt: skip
+    _wait_for(lambda: ended, what="the exit event")
     assert child.poll() == 0
-    assert any(c["id"] == child.id and c["returncode"] == 0 for c in server.children())
+    assert not os.path.exists(f"/proc/{child.pid}")  # reaped by the zygote
 
 
-def test_wait_timeout_then_child_dies_with_its_caller(server, tmp_path):
+def test_wait_timeout_and_an_immediate_sigterm(server, tmp_path):
     script = _script(tmp_path, "long.py", "import time\ntime.sleep(60)\n")
-    caller = subprocess.run(
-        [
-            sys.executable,
-            "-c",
-            "import json, os, sys\n"
-            "from gosok.launcher.ranks import warm\n"
-            "handle = warm.connect(sys.argv[1])\n"
-            "env = {k: v for k, v in os.environ.items() if k != 'GOSOK_WARM_SERVER_ONLY'}\n"
-            "child = handle.spawn([sys.argv[2]], env, sys.argv[3], 'long.log')\n"
-            "print(json.dumps([child.id, child.pid]))\n",
-            server.socket_path,
-            str(script),
-            str(tmp_path),
-        ],
-        capture_output=True,
-        text=True,
-        timeout=30,
-        env=_child_env(),
-    )
-    assert caller.returncode == 0, caller.stderr
-    child_id, pid = json.loads(caller.stdout.strip().splitlines()[-1])
-    child = warm.WarmChild(server, child_id, pid, [str(script)])
-    assert child.wait(10) == -9  # the caller exited, so the server killed its child
-
     mine = server.spawn([str(script)], _child_env(), str(tmp_path), "long2.log")
     with pytest.raises(subprocess.TimeoutExpired):
         mine.wait(timeout=0.2)
@@ -288,8 +255,8 @@ def test_wait_timeout_then_child_dies_with_its_caller(server, tmp_path):
 
 
 def test_env_fingerprint_stable_and_matches_a_fresh_interpreter(server):
-    assert warm.env_fingerprint(["torch"]) == warm.env_fingerprint(["torch"])
-    assert warm.env_fingerprint(["torch"]) != warm.env_fingerprint(["torch", "json"])
+    assert forked.env_fingerprint(["torch"]) == forked.env_fingerprint(["torch"])
+    assert forked.env_fingerprint(["torch"]) != forked.env_fingerprint(["torch", "json"])
     info = server.hello()
     assert info["fingerprint"] == info["fingerprint_now"]
     assert not server.stale()
@@ -297,7 +264,7 @@ def test_env_fingerprint_stable_and_matches_a_fresh_interpreter(server):
         [
             sys.executable,
             "-c",
-            "from gosok.launcher.ranks.warm import env_fingerprint\n"
+            "from gosok.launcher.ranks.forked import env_fingerprint\n"
             "print(env_fingerprint(['torch']))",
         ],
         capture_output=True,
@@ -313,24 +280,21 @@ def test_stale_environment_and_startup_env_refusal(tmp_path):
     mods.mkdir()
     module = mods / "gw_preload.py"
     module.write_text("VALUE = 1\n")
-    sock_dir = _short_dir()
     env = dict(os.environ, PYTHONPATH=str(mods))
-    handle = warm.start_server(str(sock_dir / "s.sock"), preload=("gw_preload",), env=env)
+    handle = zygote.Zygote.start(preload=("gw_preload",), env=env)
     try:
         assert not handle.stale()
-        with pytest.raises(warm.WarmServerError, match="PYTHONPATH"):
+        with pytest.raises(zygote.ZygoteError, match="PYTHONPATH"):
             handle.spawn(["x.py"], _child_env(), str(tmp_path), "x.log")
         later = time.time() + 10
         os.utime(module, (later, later))
         assert handle.stale()
     finally:
         handle.stop(grace_s=0.5)
-        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-def test_stop_kills_live_children_and_removes_socket(tmp_path):
-    sock_dir = _short_dir()
-    handle = warm.start_server(str(sock_dir / "s.sock"), preload=())
+def test_stop_kills_live_children(tmp_path):
+    handle = zygote.Zygote.start(preload=())
     try:
         up = "import time\nprint('up', flush=True)\ntime.sleep(60)\n"
         plain = _script(tmp_path, "plain.py", up)
@@ -347,56 +311,45 @@ def test_stop_kills_live_children_and_removes_socket(tmp_path):
         ]
         for name in ("plain.log", "stubborn.log"):
             _wait_for(lambda n=name: "up" in (tmp_path / n).read_text(), what=name)
-        assert stat_mode(handle.socket_path) == 0o600
-        assert stat_mode(str(sock_dir)) == 0o700
         started = time.monotonic()
         handle.stop(grace_s=0.5)
         assert time.monotonic() - started < 5
         assert handle.proc.returncode == 0
-        assert not os.path.exists(handle.socket_path)
         assert all(_gone(child.pid) for child in children)
-        assert not handle.alive()
+        assert [child.wait(5) for child in children] == [-15, -9]
+        _wait_for(lambda: not handle.alive(), what="the channel to close")
     finally:
         handle.stop(grace_s=0.1)
-        shutil.rmtree(sock_dir, ignore_errors=True)
 
 
-def stat_mode(path: str) -> int:
-    return os.stat(path).st_mode & 0o777
-
-
-def test_server_dies_with_its_parent():
-    sock_dir = _short_dir()
-    sock = sock_dir / "s.sock"
+def test_zygote_and_its_children_end_with_the_agent(tmp_path):
+    """The agent's process ends (here: SIGKILL, no goodbye): the zygote reads the end of
+    its channel and takes its children with it."""
+    script = _script(tmp_path, "long.py", "import time\nprint('up', flush=True)\ntime.sleep(60)\n")
+    agent = subprocess.Popen(
+        [sys.executable, "-c",
+         "import json, os, sys, time\nfrom gosok.launcher.ranks import zygote\n"
+         "z = zygote.Zygote.start(preload=())\n"
+         "c = z.spawn([sys.argv[1]], dict(os.environ), sys.argv[2], 'long.log')\n"
+         "print(json.dumps([z.pid, c.pid]), flush=True)\ntime.sleep(60)\n",
+         str(script), str(tmp_path)],
+        stdout=subprocess.PIPE, text=True, env=_child_env(),
+    )  # fmt: skip
     try:
-        parent = subprocess.run(
-            [
-                sys.executable,
-                "-c",
-                "import sys\nfrom gosok.launcher.ranks import warm\n"
-                "print(warm.start_server(sys.argv[1], preload=()).pid)\n",
-                str(sock),
-            ],
-            capture_output=True,
-            text=True,
-            timeout=30,
-        )
-        assert parent.returncode == 0, parent.stderr
-        server_pid = int(parent.stdout.strip().splitlines()[-1])
-        _wait_for(lambda: _gone(server_pid), what="the server to exit with its parent")
-        _wait_for(lambda: not sock.exists(), what="the socket to be removed")
+        zygote_pid, child_pid = json.loads(agent.stdout.readline())
+        _wait_for(lambda: "up" in (tmp_path / "long.log").read_text(), what="the child")
+        agent.kill()
+        agent.wait(10)
+        _wait_for(lambda: _gone(zygote_pid), what="the zygote to end with its agent")
+        _wait_for(lambda: _gone(child_pid), what="the child to end with its zygote")
     finally:
-        shutil.rmtree(sock_dir, ignore_errors=True)
+        agent.kill()
+        agent.wait(10)
 
 
-def test_refuses_a_shared_socket_directory(tmp_path):
-    shared = _short_dir()
-    try:
-        os.chmod(shared, 0o755)
-        with pytest.raises(warm.WarmServerError, match="0700"):
-            warm.start_server(str(shared / "s.sock"), preload=())
-    finally:
-        shutil.rmtree(shared, ignore_errors=True)
+def test_a_failed_preload_says_why(tmp_path):
+    with pytest.raises(zygote.ZygoteError, match="gw_no_such_module"):
+        zygote.Zygote.start(preload=("gw_no_such_module",), log_path=str(tmp_path / "z.log"))
 
 
 def test_measure_start_latency(server, tmp_path, capsys):
