@@ -32,12 +32,12 @@ from gosok.launcher.config.validate import raise_if
 from gosok.launcher.launch.checkpoint import CheckpointStore
 from gosok.launcher.launch.wandb_logger import redact, wandb_mode
 from gosok.launcher.ranks.plan import backend_for, make_plan, synthetic_nodes
+from gosok.launcher.ranks.script_runner import Program
 from gosok.launcher.recipe.config import batch_arithmetic, deepspeed_json, recipe_peak_tflops
 from gosok.launcher.results.run_dir import run_dir as current_run_dir
 from gosok.launcher.results.store import atomic_write_bytes, write_results
 
 RECIPE_MODULE = "gosok.launcher.recipe.train"
-RUNNER_MODULE = "gosok.launcher.ranks.script_runner"
 
 
 @dataclass
@@ -48,7 +48,7 @@ class LaunchPlan:
     run_id: str
     job_id: str
     checkpoint_dir: Path
-    argv: list[str]
+    program: Program
     cwd: str
     env: dict[str, str]
     rank_env: dict[str, dict[str, str]]
@@ -82,7 +82,7 @@ def code_dir(job: Any, cwd: Path) -> Path | None:
     return Path(job.code_dir) if Path(job.code_dir).is_absolute() else cwd / job.code_dir
 
 
-def shipped_code(script: Path, argv_index: int, code_dir: Path | None = None) -> dict[str, Any]:
+def shipped_code(script: Path, code_dir: Path | None = None) -> dict[str, Any]:
     """The code directory packed for every node (see ``ranks.shipping``)."""
     from dataclasses import asdict
 
@@ -100,7 +100,6 @@ def shipped_code(script: Path, argv_index: int, code_dir: Path | None = None) ->
     return {
         "bundle": asdict(bundle),
         "bundle_script": str(script.relative_to(directory)),
-        "bundle_argv_index": argv_index,
     }
 
 
@@ -163,15 +162,12 @@ def build_plan(cfg: Any, run_dir: Path, cwd: Path) -> LaunchPlan:
         python = job.python or sys.executable
         script = Path(job.script)
         script = script if script.is_absolute() else (cwd / script).resolve()
-        argv = [python, "-m", RUNNER_MODULE, str(script), *[str(a) for a in job.args]]
+        program = Program(python, str(script), tuple(str(a) for a in job.args))
         env.update({str(k): str(v) for k, v in job.env.items()})
         env.update({name: os.environ[name] for name in job.env_from_host if name in os.environ})
         workdir = job.workdir or str(cwd)
     else:
-        argv = [
-            sys.executable, "-m", RUNNER_MODULE, "--module", RECIPE_MODULE,
-            "--config", f"env:{RECIPE_ENV}",
-        ]  # fmt: skip
+        program = Program(sys.executable, RECIPE_MODULE, ("--config", f"env:{RECIPE_ENV}"), True)
         workdir = str(cwd)
         batch = batch_arithmetic(job, world)
         total_steps = job.steps
@@ -200,7 +196,17 @@ def build_plan(cfg: Any, run_dir: Path, cwd: Path) -> LaunchPlan:
         # The job spec travels with the ranks' environment (through Ray), not a shared file.
         env[RECIPE_ENV] = json.dumps(recipe, separators=(",", ":"))
     return LaunchPlan(
-        run_dir, run_id, job_id, ckpt_dir, argv, workdir, env, rank_env, recipe, batch, total_steps
+        run_dir,
+        run_id,
+        job_id,
+        ckpt_dir,
+        program,
+        workdir,
+        env,
+        rank_env,
+        recipe,
+        batch,
+        total_steps,
     )
 
 
@@ -220,7 +226,7 @@ def print_plan(cfg: Any, plan: LaunchPlan, console: Console) -> None:
     for index, node in enumerate(ranks.nodes):
         members = [r.rank for r in ranks.ranks_on_node(index)]
         out(f"  node_rank {index}: {node.node_id} ranks {members}")
-    out(f"argv (every rank, no shell): {json.dumps(plan.argv)}")
+    out(f"argv (every rank, no shell): {json.dumps(plan.program.fresh_argv())}")
     out(f"cwd: {plan.cwd}")
     if cfg.launch.fresh_process:
         out("rank start: fresh processes, started by each node's agent (launch.fresh_process=true)")
@@ -405,7 +411,7 @@ def launch_task(cfg: Any, console: Console) -> int:
     write_recipe_config(plan)
     key = recipe_checkpoint_key(plan)
     spec = RunSpec(
-        argv=plan.argv,
+        program=plan.program,
         cwd=plan.cwd,
         env=plan.env,
         rank_env=with_checkpoint_key(
@@ -416,7 +422,7 @@ def launch_task(cfg: Any, console: Console) -> int:
         tee_ranks=list(cfg.tee_ranks),
         expect_heartbeat=plan.recipe is not None,
         total_steps=plan.total_steps,
-        code=shipped_code(Path(plan.argv[3]), 3, code_dir(cfg.job, cwd))
+        code=shipped_code(Path(plan.program.target), code_dir(cfg.job, cwd))
         if plan.recipe is None
         else {},
         preload=warm_preload(cfg.job),

@@ -26,6 +26,7 @@ supervisor only reports how each attempt ended and which nodes could host ranks)
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import json
 import os
 import re
@@ -46,6 +47,7 @@ from gosok.launcher.launch.monitor import GroupWatch, Verdict, WatchPolicy
 from gosok.launcher.launch.policy import NOT_RETRIED, Ended, RestartPolicy
 from gosok.launcher.launch.rank_group import AgentPool, RankGroup, WarmNeeds
 from gosok.launcher.ranks.plan import backend_for
+from gosok.launcher.ranks.script_runner import Program
 from gosok.launcher.ranks.workers import alive_nodes, slots_of
 from gosok.launcher.results.store import atomic_write_bytes
 
@@ -61,7 +63,7 @@ DISK_FULL = re.compile(r"No space left on device|ENOSPC|Errno 28|Disk quota exce
 class RunSpec:
     """Everything an attempt needs that does not change between attempts."""
 
-    argv: list[str]
+    program: Program
     cwd: str
     env: dict[str, str]  # every rank, printable (no secrets)
     rank_env: dict[str, dict[str, str]]  # per rank (e.g. rank 0's W&B key); never printed
@@ -73,8 +75,8 @@ class RunSpec:
     fresh_process: bool = False  # launch.fresh_process
     profile: bool = False  # launch.profile: ranks write start-up marks
     checkpoint_key: bytes | None = None  # authenticates the recipe's checkpoint manifest
-    # The script's directory, shipped to every node: {sha256, data, files}, the script's
-    # path inside it, and which argv item is the script.
+    # The script's directory, shipped to every node: {sha256, data, files}, and the
+    # script's path inside it.
     code: dict[str, Any] = field(default_factory=dict)
 
 
@@ -238,7 +240,7 @@ class Supervisor:
             self.agents,
             self.cluster,
             env,
-            WarmNeeds.for_job(self.spec.argv, self.spec.env, self.spec.preload),
+            WarmNeeds.for_job(self.spec.program.python, self.spec.env, self.spec.preload),
             job_env=self.spec.env,
             fresh_process=self.spec.fresh_process,
             timeout_s=self.fault.placement_timeout_s,
@@ -327,7 +329,7 @@ class Supervisor:
         spec = self.spec
         log_dir = spec.log_root / f"attempt-{attempt}"
         spawn = {
-            "argv": spec.argv,
+            "program": dataclasses.asdict(spec.program),
             "env": {},
             "rank_env": spec.rank_env,
             "cwd": spec.cwd,

@@ -63,9 +63,9 @@ class WarmNeeds:
     fresh: bool = False
 
     @classmethod
-    def for_job(cls, argv: list[str], env: dict[str, str], preload: tuple[str, ...]) -> WarmNeeds:
+    def for_job(cls, python: str, env: dict[str, str], preload: tuple[str, ...]) -> WarmNeeds:
         import_env = tuple(sorted((k, env[k]) for k in IMPORT_ENV_KEYS if k in env))
-        return cls(tuple(preload), import_env, argv[0] if argv else sys.executable)
+        return cls(tuple(preload), import_env, python)
 
     @property
     def key(self) -> tuple:

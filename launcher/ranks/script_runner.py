@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import ctypes
+import dataclasses
 import errno
 import faulthandler
 import hashlib
@@ -36,6 +37,7 @@ import tempfile
 import threading
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -101,12 +103,25 @@ def main(argv: list[str]) -> None:
 # ---- node side --------------------------------------------------------------------------
 
 
-def script_argv(argv: list[str]) -> list[str] | None:
-    """``[script, args...]`` (or ``["--module", name, ...]``) of a fresh rank's argv
-    ``[python, -m, script_runner, ...]``; None when argv is not of that form."""
-    if len(argv) > 3 and argv[1:3] == ["-m", RUNNER_MODULE]:
-        return list(argv[3:])
-    return None
+@dataclass(frozen=True)
+class Program:
+    """What every rank runs: ``python`` runs ``target`` (a script's path, or with ``module``
+    a module's name) with ``args``, as ``python script args`` / ``python -m name args``
+    would. Travels to the nodes as a dict (``asdict``)."""
+
+    python: str
+    target: str
+    args: tuple[str, ...] = ()
+    module: bool = False
+
+    def main(self) -> list[str]:
+        """What follows the interpreter: ``[script, *args]`` or ``["--module", name, *args]``
+        (what a zygote's child runs)."""
+        return [*(["--module"] if self.module else []), self.target, *self.args]
+
+    def fresh_argv(self) -> list[str]:
+        """A fresh interpreter running it through this runner."""
+        return [self.python, "-m", RUNNER_MODULE, *self.main()]
 
 
 def node_dir(log_dir: str) -> Path:
@@ -119,23 +134,23 @@ def node_dir(log_dir: str) -> Path:
     return private_dir(mine / key)
 
 
-def shipped(spec: dict[str, Any]) -> tuple[list[str], str]:
-    """argv and cwd with the job's shipped code unpacked on this node (once per node); a
-    cwd this node does not have becomes the shipped code's root."""
-    argv, cwd = list(spec["argv"]), spec["cwd"]
+def shipped(spec: dict[str, Any]) -> tuple[Program, str]:
+    """The program and cwd with the job's shipped code unpacked on this node (once per
+    node): the script is the unpacked copy; a cwd this node does not have becomes the
+    shipped code's root."""
+    program, cwd = Program(**spec["program"]), spec["cwd"]
     bundle = spec.get("bundle")
     if not bundle:
         # The launch directory may exist on the driver's host only (its /tmp): a module
         # (the recipe) then runs from this node's own directory for the job.
-        return argv, cwd if Path(cwd).is_dir() else str(node_dir(spec["log_dir"]))
+        return program, cwd if Path(cwd).is_dir() else str(node_dir(spec["log_dir"]))
     from gosok.launcher.ranks.shipping import Bundle, cache_root, unpack
 
     root = unpack(Bundle(**bundle), cache_root())
-    index = spec["bundle_argv_index"]
-    argv[index] = str(root / spec["bundle_script"])
+    program = dataclasses.replace(program, target=str(root / spec["bundle_script"]))
     if not Path(cwd).is_dir():
         cwd = str(root)
-    return argv, cwd
+    return program, cwd
 
 
 def rank_files(log_dir: str, rank: int) -> dict[str, str]:
@@ -158,15 +173,16 @@ def spawn_rank(
     on_exit: Callable[[], None] | None = None,
     execute: bool = False,
 ) -> dict[str, Any]:
-    """Start this rank's child: a fresh ``Popen`` of ``spec["argv"]``, or, with ``zygote``
-    (a ``zygote.Zygote``), a fork of it running the same script, or with ``execute`` too,
-    a fork of it that executes ``spec["argv"]`` (a fresh interpreter whose parent, the
-    zygote, started from a scrubbed environment). spec: argv, env (job-wide), rank_env
+    """Start this rank's child: a fresh ``Popen`` of the program, or, with ``zygote`` (a
+    ``zygote.Zygote``), a fork of it running the same script, or with ``execute`` too, a
+    fork of it that executes the fresh interpreter (whose parent, the zygote, started from
+    a scrubbed environment). spec: program (``Program`` as a dict), env (job-wide), rank_env
     (per rank), cwd, log_dir, tee_ranks, profile. ``base_env`` (default: this process's) is
     what the job's env is laid over; ``on_exit`` is called from a thread when the child
     has ended."""
     files = rank_files(spec["log_dir"], ctx.rank)
-    argv, cwd = shipped(spec)
+    program, cwd = shipped(spec)
+    argv = program.fresh_argv()
     for key in ("log", "beat", "stack", "marks", "progress", "error"):
         Path(files[key]).unlink(missing_ok=True)
     from gosok.launcher.config.secrets import is_secret_name
@@ -225,10 +241,7 @@ def spawn_rank(
         argv = [program, *argv[1:]]
         proc = zygote.spawn(argv, env, cwd, files["log"], execute=True, on_exit=ended)
     else:
-        script = script_argv(argv)
-        if script is None:
-            raise ValueError(f"not a script_runner argv: {argv!r}")
-        proc = zygote.spawn(script, env, cwd, files["log"], on_exit=ended)
+        proc = zygote.spawn(program.main(), env, cwd, files["log"], on_exit=ended)
     state["proc"] = proc
     ctx.state["child"] = state
     return {

@@ -269,13 +269,14 @@ def test_node_side_functions_drive_a_warm_child(tmp_path):
     """spawn / poll / dump_stack / stop of ``script_runner`` on a warm child, as an agent
     runs them (no Ray: a bare zygote)."""
     import threading
+    from dataclasses import asdict
 
     from gosok.launcher.ranks import script_runner, zygote
 
     (tmp_path / "stuck.py").write_text(STUCK)
     server = zygote.Zygote.start(preload=())
     try:
-        argv = [sys.executable, "-m", script_runner.RUNNER_MODULE, str(tmp_path / "stuck.py")]
+        program = script_runner.Program(sys.executable, str(tmp_path / "stuck.py"))
         spec = {
             "env": {"JOB": "x"},
             "rank_env": {"1": {"SECRET": "s"}},
@@ -287,7 +288,10 @@ def test_node_side_functions_drive_a_warm_child(tmp_path):
         ended = threading.Event()
         quick = SimpleNamespace(rank=1, node_id="n", state={})
         info = script_runner.spawn_rank(
-            quick, {**spec, "argv": [*argv, "exit"]}, zygote=server, on_exit=ended.set
+            quick,
+            {**spec, "program": {**asdict(program), "args": ("exit",)}},
+            zygote=server,
+            on_exit=ended.set,
         )
         assert info["start"] == "warm" and info["rank"] == 1
         assert ended.wait(30)
@@ -296,7 +300,9 @@ def test_node_side_functions_drive_a_warm_child(tmp_path):
         assert [m["event"] for m in answer["marks"]] == ["start", "ready"]
 
         slow = SimpleNamespace(rank=0, node_id="n", state={})
-        script_runner.spawn_rank(slow, {**spec, "argv": [*argv, "sleep"]}, zygote=server)
+        script_runner.spawn_rank(
+            slow, {**spec, "program": {**asdict(program), "args": ("sleep",)}}, zygote=server
+        )
         wait_for(lambda: "up" in script_runner.log_tail(slow), 30, "the child's first line")
         assert script_runner.poll_rank(slow)["returncode"] is None
         stack = script_runner.dump_stack(slow, wait_s=5)

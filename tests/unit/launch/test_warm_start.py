@@ -16,7 +16,7 @@ from gosok.launcher.config.launch_schema import LaunchOptions, RecipeJobConfig, 
 from gosok.launcher.launch.command import RECIPE_MODULE, launch_profile, warm_preload
 from gosok.launcher.launch.rank_group import _JobCalls
 from gosok.launcher.ranks.agent import WarmNeeds
-from gosok.launcher.ranks.script_runner import RUNNER_MODULE, script_argv
+from gosok.launcher.ranks.script_runner import RUNNER_MODULE, Program
 
 
 def test_launch_options_default_to_warm_without_profile():
@@ -33,25 +33,21 @@ def test_preload_follows_the_job():
 
 
 def test_warm_needs_take_the_interpreter_and_import_time_env():
-    argv = ["/opt/py/bin/python", "-m", RUNNER_MODULE, "train.py"]
-    needs = WarmNeeds.for_job(argv, {"DS_ACCELERATOR": "cpu", "OTHER": "x"}, ("torch",))
+    env = {"DS_ACCELERATOR": "cpu", "OMP_NUM_THREADS": "1", "OTHER": "x"}
+    needs = WarmNeeds.for_job("/opt/py/bin/python", env, ("torch",))
     assert needs.python == "/opt/py/bin/python"
+    # OMP_NUM_THREADS is each rank's own (a zygote drops it): no zygote of its own.
     assert needs.import_env == (("DS_ACCELERATOR", "cpu"),)
-    assert needs == WarmNeeds.for_job(list(argv), {"DS_ACCELERATOR": "cpu"}, ("torch",))
+    assert needs == WarmNeeds.for_job("/opt/py/bin/python", {"DS_ACCELERATOR": "cpu"}, ("torch",))
 
 
-def test_script_argv_is_what_follows_the_runner():
-    assert script_argv([sys.executable, "-m", RUNNER_MODULE, "t.py", "--lr", "1"]) == [
-        "t.py",
-        "--lr",
-        "1",
-    ]
-    assert script_argv([sys.executable, "-m", RUNNER_MODULE, "--module", "m", "a"]) == [
-        "--module",
-        "m",
-        "a",
-    ]
-    assert script_argv([sys.executable, "t.py"]) is None
+def test_a_program_is_typed_not_an_argv_taken_apart():
+    script = Program(sys.executable, "t.py", ("--lr", "1"))
+    assert script.main() == ["t.py", "--lr", "1"]
+    assert script.fresh_argv() == [sys.executable, "-m", RUNNER_MODULE, "t.py", "--lr", "1"]
+    module = Program("/opt/py/bin/python", "m", ("a",), module=True)
+    assert module.main() == ["--module", "m", "a"]
+    assert module.fresh_argv()[:3] == ["/opt/py/bin/python", "-m", RUNNER_MODULE]
 
 
 def _outcome(marks: list[tuple[str, float]], first_beat: float | None):
