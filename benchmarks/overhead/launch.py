@@ -32,6 +32,7 @@ from omegaconf import OmegaConf
 
 from gosok.benchmarks.overhead.rounds import alternate, facts, medians_and_ratios, print_table
 from gosok.launcher.cluster import local as local_cluster
+from gosok.launcher.cluster.command import bring_up
 from gosok.launcher.config.schema import ClusterConfig
 from gosok.launcher.results.store import write_results
 
@@ -102,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     state = local_cluster.load_state(cluster.name)
     started = not (state and local_cluster.is_running(state))
     if started:
-        local_cluster.start(cluster)
+        bring_up(cluster)  # as `gosok cluster up` does: node agents with torch imported
     work = Path(tempfile.mkdtemp(prefix="gosok-overhead-"))
     (work / "first_step.py").write_text(SCRIPT)
     marker = work / "first_step.txt"

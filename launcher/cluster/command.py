@@ -8,6 +8,10 @@ Run: ``gosok cluster up cluster.nodes=3``; ``gosok cluster status``; ``gosok clu
 
 from __future__ import annotations
 
+import os
+import subprocess
+import sys
+from collections.abc import Callable
 from typing import Any
 
 from gosok.launcher.cluster import local as local_cluster
@@ -34,24 +38,31 @@ def _print_nodes(address: str, console: Any, local_name: str | None = None) -> N
         ray.shutdown()
 
 
-def _start_agents(address: str, name: str, console: Any) -> None:
-    """The cluster's node agents, with torch imported in their zygotes, so launches on it
-    start warm; a failure here leaves launches to start their own agents."""
-    import ray
+AGENTS = """
+import ray, sys
+from gosok.launcher.ranks.agent import start_cluster_agents
+ray.init(address=sys.argv[1], namespace="gosok", logging_level="ERROR", log_to_driver=False)
+print(start_cluster_agents())
+"""
 
-    from gosok.launcher.ranks.agent import start_cluster_agents
 
-    local_cluster.use_auth(name)
-    ray.init(address=address, namespace="gosok", logging_level="ERROR", log_to_driver=False)
-    try:
-        count = start_cluster_agents()
-        console.print(f"node agents: {count}, torch imported in their zygotes")
-    except Exception as err:  # noqa: BLE001  (warmth is an optimisation, never a failure)
-        console.print(
-            f"node agents not started ({type(err).__name__}: {err}); launches start their own"
-        )
-    finally:
-        ray.shutdown()
+def bring_up(cluster: Any, say: Callable[[str], None] = print) -> local_cluster.LocalClusterState:
+    """``gosok cluster up``: start the local cluster, then its node agents with torch
+    imported in their zygotes, so launches on it start warm (a failure of the agents leaves
+    launches to start their own). The agents are started from a short-lived process that
+    presents the cluster's token (Ray fixes its auth mode when it is first imported)."""
+    state = local_cluster.start(cluster)
+    env = {**local_cluster.without_token(os.environ), **local_cluster.auth_env(cluster.name)}
+    run = subprocess.run(
+        [sys.executable, "-c", AGENTS, state.address],
+        env=env, capture_output=True, text=True, timeout=600,
+    )  # fmt: skip
+    if run.returncode == 0:
+        say(f"node agents: {run.stdout.strip()}, torch imported in their zygotes")
+    else:  # warmth is an optimisation, never a failure
+        why = (run.stderr.strip().splitlines() or ["no detail"])[-1]
+        say(f"node agents not started ({why}); launches start their own")
+    return state
 
 
 def run_cluster_command(cfg: Any, console: Any) -> int:
@@ -65,13 +76,12 @@ def run_cluster_command(cfg: Any, console: Any) -> int:
         )
     if action == "up":
         console.print(f"starting local cluster {cluster.name!r} ({cluster.nodes} node(s)) ...")
-        state = local_cluster.start(cluster)
+        state = bring_up(cluster, console.print)
         console.print(
             f"local cluster {cluster.name!r} up at {state.address}: "
             f"{cluster.nodes} node(s) x {cluster.gpus_per_node} slot(s); "
             f"logs in {state.log_dir}"
         )
-        _start_agents(state.address, cluster.name, console)
         return 0
     if action == "down":
         stopped = local_cluster.stop(cluster.name)
