@@ -87,7 +87,6 @@ class RecipeJobConfig:
     grad_clip: float = 1.0
     seed: int = 1234
     log_every: int = 5
-    step_sleep_s: float = 0.0  # stretch each step (tests use it to kill a node mid-run)
 
 
 @dataclass

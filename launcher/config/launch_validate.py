@@ -101,7 +101,6 @@ def validate_recipe(job: Any, ds: Any, world: int) -> list[str]:
     for key in ("steps", "micro_batch", "grad_accum", "log_every"):
         problems += positive(f"job.{key}", getattr(job, key), 1, maximum=1_000_000_000)
     problems += positive("job.lr", job.lr, 1e-12, maximum=10.0)
-    problems += positive("job.step_sleep_s", job.step_sleep_s, 0, maximum=3600)
     problems += positive("job.grad_clip", job.grad_clip, 0, maximum=1e6)
     model = job.model
     for key in ("vocab_size", "d_model", "n_layers", "n_heads", "d_ff"):

@@ -318,8 +318,6 @@ def main(argv: list[str] | None = None) -> None:
             log.append([step, report["checkpoint_unix"], report["checkpoint_unix"] - saving])
             del log[:-CHECKPOINT_LOG]
             beat(step, loss=loss_value, tokens_per_s=tokens_per_s, restarts=restarts, **report)
-        if job["step_sleep_s"] > 0:
-            time.sleep(job["step_sleep_s"])
     if rank == 0:
         timed = step_times[1:] or step_times
         step_s = sum(timed) / len(timed) if timed else float("nan")

@@ -118,7 +118,7 @@ def test_node_killed_mid_run_costs_goodput(ray_cluster, tmp_path):
         with open(tmp_path / "killed.out", "w+") as out:
             proc = subprocess.Popen(
                 [sys.executable, "-m", "gosok.launcher.cli", "launch", *RECIPE,
-                 "cluster.name=ledgerkill", "job.steps=40", "job.step_sleep_s=0.2",
+                 "cluster.name=ledgerkill", "job.steps=40", "job.micro_batch=128",
                  f"ledger.path={ledger}", "ledger.project=faults", f"hydra.run.dir={run_dir}"],
                 cwd=tmp_path, stdout=out, stderr=subprocess.STDOUT, text=True,
             )  # fmt: skip
@@ -128,7 +128,7 @@ def test_node_killed_mid_run_costs_goodput(ray_cluster, tmp_path):
                 240,
                 "the step-10 checkpoint",
             )
-            # A few steps past it (0.2 s each), so the restart redoes work.
+            # A few steps past it (about 0.2 s each here), so the restart redoes work.
             time.sleep(1.5)
             placement = read_json(run_dir / "logs" / "attempt-0" / "placement.json")
             sessions = {os.getsid(p["actor_pid"]): p["node_id"] for p in placement["placement"]}

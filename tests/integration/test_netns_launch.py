@@ -39,7 +39,9 @@ HOSTS = 4
 JOB = ["cluster=local", f"cluster.name={NAME}", "cluster.nodes=2", "cluster.gpus_per_node=2",
        "cluster.isolation=netns", "logger=none"]  # fmt: skip
 CLUSTER = JOB[:5]
-RECIPE = ["job=recipe", "job.strategy=ddp", "job.steps=30", "checkpoint.every_steps=10"]
+# A batch large enough that a step takes about 0.2 s here: a node can be killed mid-run.
+RECIPE = ["job=recipe", "job.strategy=ddp", "job.steps=30", "checkpoint.every_steps=10",
+          "job.micro_batch=128"]  # fmt: skip
 SMALL_DISK_BYTES = 8 << 20
 
 SCRIPT = """
@@ -217,7 +219,7 @@ def start_recipe(run_dir: Path, *overrides: str) -> subprocess.Popen:
     out = open(run_dir.parent / f"{run_dir.name}.out", "w")  # noqa: SIM115  (no pipe to fill)
     return subprocess.Popen(
         [sys.executable, "-m", "gosok.launcher.cli", "launch", *JOB, *RECIPE,
-         "job.step_sleep_s=0.15", f"hydra.run.dir={run_dir}", *overrides],
+         f"hydra.run.dir={run_dir}", *overrides],
         stdout=out, stderr=subprocess.STDOUT, text=True,
     )  # fmt: skip
 

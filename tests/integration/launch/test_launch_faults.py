@@ -19,8 +19,10 @@ from gosok.launcher.cluster import local as local_cluster
 from gosok.launcher.cluster.netns import problem as netns_problem
 from tests.conftest import cluster_config, run_gosok
 
+# A batch large enough that a step takes about 0.2 s here: a node can be killed mid-run.
 RECIPE = ["job=recipe", "job.strategy=ddp", "job.steps=40", "checkpoint.every_steps=10",
-          "logger=none", "cluster.nodes=2", "cluster.gpus_per_node=2"]  # fmt: skip
+          "job.micro_batch=128", "logger=none", "cluster.nodes=2",
+          "cluster.gpus_per_node=2"]  # fmt: skip
 
 
 @pytest.mark.skipif(
@@ -39,7 +41,7 @@ def test_node_killed_mid_run_resumes_with_same_final_loss(ray_cluster, tmp_path)
         out_file = open(tmp_path / "killed.out", "w+")  # noqa: SIM115  (a pipe could fill up)
         proc = subprocess.Popen(
             [sys.executable, "-m", "gosok.launcher.cli", "launch", *RECIPE, "cluster.name=killtest",
-             "job.step_sleep_s=0.15", f"hydra.run.dir={run_dir}"],
+             f"hydra.run.dir={run_dir}"],
             cwd=tmp_path, stdout=out_file, stderr=subprocess.STDOUT, text=True,
         )  # fmt: skip
         manifest = run_dir / "checkpoints" / "manifest.json"

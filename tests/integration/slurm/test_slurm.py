@@ -116,7 +116,7 @@ def test_an_exclude_list_keeps_condemned_hosts_out(slurm):
 
 def test_scancel_leaves_no_ray_or_rank_process_on_any_node(slurm):
     run_dir = slurm.workdir / "cancel-run"
-    job = submit(slurm, "cancel", "launch", *RECIPE, "job.steps=5000", "job.step_sleep_s=0.1",
+    job = submit(slurm, "cancel", "launch", *RECIPE, "job.steps=5000", "job.micro_batch=64",
                  "cluster.spare_nodes=1", f"checkpoint.dir={slurm.shared / 'cancel-ckpt'}",
                  f"hydra.run.dir={run_dir}", wait=False)  # fmt: skip
     wait_for(lambda: list((run_dir / "logs").glob("attempt-0/rank-*.log")), 300, "ranks")
@@ -137,7 +137,7 @@ def test_scancel_leaves_no_ray_or_rank_process_on_any_node(slurm):
 def test_recipe_recovers_on_the_spare_node_when_a_node_dies(slurm):
     ckpt = slurm.shared / "recipe-ckpt"
     run_dir = slurm.workdir / "recipe-run"
-    submit(slurm, "recipe", "launch", *RECIPE, "job.steps=30", "job.step_sleep_s=0.15",
+    submit(slurm, "recipe", "launch", *RECIPE, "job.steps=30", "job.micro_batch=128",
                  "cluster.spare_nodes=1", f"checkpoint.dir={ckpt}", f"hydra.run.dir={run_dir}",
                  wait=False)  # fmt: skip
     wait_for(lambda: (read_json(ckpt / "manifest.json") or {}).get("latest_step", 0) >= 10,
