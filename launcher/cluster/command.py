@@ -53,10 +53,14 @@ def bring_up(cluster: Any, say: Callable[[str], None] = print) -> local_cluster.
     presents the cluster's token (Ray fixes its auth mode when it is first imported)."""
     state = local_cluster.start(cluster)
     env = {**local_cluster.without_token(os.environ), **local_cluster.auth_env(cluster.name)}
-    run = subprocess.run(
-        [sys.executable, "-c", AGENTS, state.address],
-        env=env, capture_output=True, text=True, timeout=600,
-    )  # fmt: skip
+    try:
+        run = subprocess.run(
+            [sys.executable, "-c", AGENTS, state.address],
+            env=env, capture_output=True, text=True, timeout=600,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        say("node agents not started in 600 s; launches start their own")
+        return state
     if run.returncode == 0:
         say(f"node agents: {run.stdout.strip()}, torch imported in their zygotes")
     else:  # warmth is an optimisation, never a failure

@@ -31,7 +31,6 @@ import uuid
 from typing import Any
 
 import ray
-from ray.exceptions import GetTimeoutError
 from ray.util.placement_group import placement_group, remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
@@ -39,7 +38,6 @@ from gosok.launcher.cluster.local import SLOT_RESOURCE
 from gosok.launcher.errors import (
     ENVIRONMENT_ERRORS,
     ClusterMismatchError,
-    CollectiveTimeoutError,
     RankStartError,
 )
 from gosok.launcher.ranks import agent as node_agent
@@ -49,6 +47,7 @@ from gosok.launcher.ranks.workers import (
     NODE_ID_LABEL,
     alive_nodes,
     check_cluster,
+    get_all,
     slots_of,
     wait_placed,
 )
@@ -73,11 +72,14 @@ class AgentPool:
             kept = node_agent.cluster_agent(node_id)
             if kept is not None:
                 try:
-                    same = ray.get(kept.describe.remote(), timeout=30)["code"] == self._code
-                except (ray.exceptions.RayError, GetTimeoutError):
+                    same = ray.get(kept.describe.remote(), timeout=30).get("code") == self._code
+                except Exception:  # noqa: BLE001  (an agent of any other version is not used)
                     same = False
                 if not same:
-                    self.note = "the cluster's node agents run other gosok code"
+                    self.note = (
+                        "the cluster's node agents run other gosok code (`gosok cluster down` "
+                        "and `up` renews them)"
+                    )
                     kept = None
             if kept is None:
                 kept = node_agent.new_agent(node_id)
@@ -258,22 +260,21 @@ class RankGroup:
         return {node_id: self._prepare(node_id) for node_id in usable}
 
     def _get(self, refs: list[Any], what: str, timeout_s: float | None = None) -> list[Any]:
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        try:
-            return ray.get(refs, timeout=timeout)
-        except GetTimeoutError as err:
-            raise CollectiveTimeoutError(f"{what}: no answer in {timeout}s") from err
+        return get_all(refs, what, self.timeout_s if timeout_s is None else timeout_s)
 
     def start_line(self) -> str:
         if self.mode == "warm":
             note = (
                 f"; {self.zygotes_started} zygote(s) started for it" if self.zygotes_started else ""
             )
+            if self.pool.note:
+                note += f"; {self.pool.note}, so this launch started its own"
             return (
                 f"ranks: warm start (forked from the zygote on each node, "
                 f"{', '.join(self.needs.preload)} imported{note})"
             )
-        return f"ranks: fresh processes ({self.reason})"
+        why = f"; {self.pool.note}, so this launch started its own" if self.pool.note else ""
+        return f"ranks: fresh processes ({self.reason}{why})"
 
     def start_record(self) -> dict[str, Any]:
         return {"mode": self.mode, "reason": self.reason, "preload": list(self.needs.preload)}
@@ -307,11 +308,16 @@ class RankGroup:
                 kinds = {e.__name__: e for e in ENVIRONMENT_ERRORS}  # rebuilt on this side
                 cause = kinds.get(failed["type"], OSError)(failed["text"])
                 raise RankStartError(failed["rank"], info["node_id"], info["hostname"], cause)
+            if self.needs.fresh:  # no other way left
+                raise ClusterMismatchError(f"no way to start the ranks: {refused['reason']}")
             self.reason = f"warm start unavailable: {refused['reason']}"
             self.needs = dataclasses.replace(self.needs, fresh=True)
-            self._get(
+            prepared = self._get(
                 [a.prepare.remote(self.needs, self.job_env) for a in self.agents], "start zygotes"
             )
+            broken = next((p for p in prepared if not p["ok"]), None)
+            if broken is not None:
+                raise ClusterMismatchError(f"no way to start the ranks: {broken['reason']}")
             return self.spawn(spec)
         self.timings["spawn_s"] = time.perf_counter() - started
         placement = [p for reply in replies for p in reply["placement"]]
@@ -339,13 +345,12 @@ class RankGroup:
                 report = ray.get(ref)
             except ray.exceptions.RayError as err:
                 dead[index] = f"its node agent is gone ({type(err).__name__})"
+                self.pool.forget(self.rank_info[index * self.cluster.gpus_per_node]["node_id"])
                 continue
             if report is None:
                 dead[index] = "its node agent no longer knows the job"
             else:
                 reports[index] = report
-        for index in dead:
-            self.pool.forget(self.rank_info[index * self.cluster.gpus_per_node]["node_id"])
         self._gone.update(dead)
         return reports, dead
 

@@ -284,6 +284,10 @@ class NodeAgent:
                 }
             with self._lock:
                 job.slots[slot.rank] = slot
+                stopped = self._jobs.get(job_key) is not job
+            if stopped:  # the job was stopped meanwhile: so is what was just started
+                script_runner.stop_rank(slot, grace_s=0.0)
+                return _no(f"job {job_key} was stopped while its ranks were starting")
             placement.append(info)
         return {"ok": True, "reason": "", "placement": placement}
 
@@ -359,18 +363,23 @@ class NodeAgent:
         with self._lock:
             jobs = list(self._jobs.values())
         for job in jobs:
-            if job.pg is not None and _pg_removed(job.pg):
-                print(
-                    f"gosok-agent: stopping the ranks of job {job.key}: its placement "
-                    "group was removed (its driver ended)",
-                    flush=True,
-                )
-                self.stop_job(job.key, grace_s=0.0)
-        for item in list(self._retiring):
-            with contextlib.suppress(zygote.ZygoteError):
-                if item.handle.hello()["live"]:
-                    continue
-            self._retiring.remove(item)
+            with contextlib.suppress(Exception):  # one job's trouble does not skip the rest
+                if job.pg is not None and _pg_removed(job.pg):
+                    print(
+                        f"gosok-agent: stopping the ranks of job {job.key}: its placement "
+                        "group was removed (its driver ended)",
+                        flush=True,
+                    )
+                    self.stop_job(job.key, grace_s=0.0)
+        with self._zlock:
+            idle = []
+            for item in list(self._retiring):
+                with contextlib.suppress(zygote.ZygoteError):
+                    if item.handle.hello()["live"]:
+                        continue
+                self._retiring.remove(item)
+                idle.append(item)
+        for item in idle:
             item.handle.stop(1.0)
 
 
@@ -422,5 +431,6 @@ def start_cluster_agents(preload: tuple[str, ...] = ("torch",), timeout_s: float
     for ``preload`` started: what ``gosok cluster up`` leaves warm for the launches."""
     nodes = [n["NodeID"] for n in ray.nodes() if n.get("Alive")]
     agents = [new_agent(node_id, kept=True) for node_id in nodes]
-    ray.get([a.prepare.remote(WarmNeeds(preload=preload), {}) for a in agents], timeout=timeout_s)
-    return len(agents)
+    ready = ray.get([a.prepare.remote(WarmNeeds(preload=preload), {}) for a in agents],
+                    timeout=timeout_s)  # fmt: skip
+    return sum(bool(r["ok"]) for r in ready)

@@ -161,6 +161,14 @@ class RankActor:
                 dist.destroy_process_group()
 
 
+def get_all(refs: list[Any], what: str, timeout_s: float) -> list[Any]:
+    """Every answer, or ``CollectiveTimeoutError`` naming what did not answer in time."""
+    try:
+        return ray.get(refs, timeout=timeout_s)
+    except GetTimeoutError as err:
+        raise CollectiveTimeoutError(f"{what}: no answer from all in {timeout_s}s") from err
+
+
 def alive_nodes() -> list[dict[str, Any]]:
     return [n for n in ray.nodes() if n["Alive"]]
 
@@ -406,11 +414,7 @@ class WorkerGroup:
             )
 
     def _get(self, refs: list[Any], what: str, timeout_s: float | None = None) -> list[Any]:
-        timeout = self.timeout_s if timeout_s is None else timeout_s
-        try:
-            return ray.get(refs, timeout=timeout)
-        except GetTimeoutError as err:
-            raise CollectiveTimeoutError(f"{what}: no answer from all ranks in {timeout}s") from err
+        return get_all(refs, what, self.timeout_s if timeout_s is None else timeout_s)
 
     def run(
         self, fn: Callable[..., Any], *args: Any, timeout_s: float | None = None, **kwargs: Any

@@ -2,19 +2,11 @@
 else is named) once, then forks each rank from that warm state, so a rank starts in
 milliseconds instead of paying interpreter start-up plus ``import torch`` every time.
 
-Use (in the node agent)::
-
-    zygote = Zygote.start(preload=("torch",), env=scrubbed_env, log_path=log)
-    child = zygote.spawn(["train.py", "--lr", "3e-4"], env=full_env, cwd=workdir,
-                         stdout_path="rank-0.log")
-    child.poll()              # None while it runs, then its exit code (-N: signal N)
-    child.wait(timeout=600)   # or subprocess.TimeoutExpired
-    zygote.stop()             # its children end with it
-
-The agent talks to its zygote over a socketpair the zygote inherits (``--fd``): no path,
-no listening socket, nobody else can connect. Requests go one way (``spawn``, ``signal``,
-``hello``, ``stop``), each answered in turn; the zygote pushes ``exit`` events as it reaps
-its children, so nobody polls for an exit. ``argv`` is ``[script, args...]`` or
+The agent (``Zygote.start``; ``spawn`` gives a Popen-like ``ZygoteChild``; ``stop``) talks
+to its zygote over a socketpair the zygote inherits (``--fd``): no path, no listening
+socket, nobody else can connect. Requests go one way (``spawn``, ``signal``, ``hello``,
+``stop``), each answered in turn; the zygote pushes ``exit`` events as it reaps its
+children, so nobody polls for an exit. ``argv`` is ``[script, args...]`` or
 ``["--module", name, args...]``; with ``execute`` it is a program the child executes
 (fresh ranks whose parent started from the scrubbed environment). What a child sees is
 in ``forked.py``.
@@ -194,15 +186,17 @@ class Zygote:
         end of its log when it fails). Its own output goes to ``log_path``."""
         ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
         cmd = [python, "-m", MODULE, "--fd", str(theirs.fileno()), "--preload", ",".join(preload)]
-        log = open(log_path or os.devnull, "ab")  # noqa: SIM115
         try:
-            proc = subprocess.Popen(
-                cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
-                env=None if env is None else dict(env), pass_fds=(theirs.fileno(),),
-                start_new_session=True,
-            )  # fmt: skip
+            with open(log_path or os.devnull, "ab") as log:
+                proc = subprocess.Popen(
+                    cmd, stdin=subprocess.DEVNULL, stdout=log, stderr=subprocess.STDOUT,
+                    env=None if env is None else dict(env), pass_fds=(theirs.fileno(),),
+                    start_new_session=True,
+                )  # fmt: skip
+        except OSError as err:
+            ours.close()
+            raise ZygoteError(f"the zygote could not be started: {err}") from err
         finally:
-            log.close()
             theirs.close()
         zygote = cls(ours, proc, log_path)
         ours.settimeout(timeout)
@@ -241,8 +235,12 @@ class Zygote:
             with self._replied:
                 while not self._replies:
                     left = deadline - time.monotonic()
-                    if self.gone or left <= 0:
-                        raise ZygoteError(f"no reply from the zygote ({self.gone or 'timeout'})")
+                    if not self.gone and left <= 0:
+                        # A late reply would answer the next request: this zygote is done.
+                        self.gone = f"no reply in {timeout:g} s"
+                        self.proc.kill()
+                    if self.gone:
+                        raise ZygoteError(f"no reply from the zygote ({self.gone})")
                     self._replied.wait(left)
                 reply = self._replies.pop(0)
         if not reply.get("ok"):
@@ -283,6 +281,8 @@ class Zygote:
             if on_exit is not None:
                 self._on_exit[child.id] = on_exit
             early = self._early_exits.pop(child.id, None)
+            if early is None and self.gone:  # the zygote went, and the child with it
+                early = -signal.SIGKILL
         if early is not None:
             self._ended(child.id, early)
         return child
@@ -290,8 +290,14 @@ class Zygote:
     def stop(self, grace_s: float = 2.0, timeout: float = 30.0) -> None:
         """End the zygote: its children get SIGTERM, SIGKILL after ``grace_s``. Quiet when
         it is already gone."""
-        with contextlib.suppress(OSError):
-            self.sock.sendall(_frame({"op": "stop", "grace_s": grace_s}))
+        if self._lock.acquire(timeout=5.0):  # not in the middle of another request's frame
+            try:
+                with contextlib.suppress(OSError):
+                    self.sock.sendall(_frame({"op": "stop", "grace_s": grace_s}))
+            finally:
+                self._lock.release()
+        else:
+            self.proc.terminate()
         try:
             self.proc.wait(grace_s + timeout)
         except subprocess.TimeoutExpired:
@@ -316,7 +322,7 @@ class Zygote:
         except (OSError, ValueError, ZygoteError) as err:
             why = f"{type(err).__name__}: {err}"
         with self._replied:
-            self.gone = why
+            self.gone = self.gone or why
             self._replied.notify_all()
             live = [c for c in self._children.values() if c.returncode is None]
         for child in live:  # they died with it (PR_SET_PDEATHSIG)
@@ -324,7 +330,7 @@ class Zygote:
 
     def _ended(self, child_id: int, returncode: int) -> None:
         with self._replied:
-            child = self._children.get(child_id)
+            child = self._children.pop(child_id, None)
             if child is None:
                 self._early_exits[child_id] = returncode
                 return

@@ -19,6 +19,7 @@ from types import SimpleNamespace
 import pytest
 
 from tests.conftest import run_gosok
+from tests.integration.launch.launch_helpers import wait_for
 
 REPORT_SCRIPT = """
 import json, os, sys
@@ -43,16 +44,6 @@ sys.exit(0)
 """
 
 COMMON = ["job=script", "logger=none", "cluster.nodes=2", "cluster.gpus_per_node=2"]
-
-
-def wait_for(predicate, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
 
 
 def read_json(path: Path) -> dict | None:

@@ -23,6 +23,7 @@ from pathlib import Path
 import pytest
 
 from gosok.launcher.ranks import forked, zygote
+from tests.integration.launch.launch_helpers import wait_for
 
 SERVER_ONLY = "GOSOK_WARM_SERVER_ONLY"
 
@@ -31,16 +32,6 @@ def _child_env(**extra: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if k != SERVER_ONLY}
     env.update(extra)
     return env
-
-
-def _wait_for(predicate, timeout: float = 10.0, what: str = "condition"):
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        value = predicate()
-        if value:
-            return value
-        time.sleep(0.02)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def _gone(pid: int) -> bool:
@@ -195,15 +186,15 @@ def test_signal_rank_only_then_kill_group(server, tmp_path):
     log = tmp_path / "sleeper.log"
     env = _child_env(GOSOK_STACK_FILE=str(stack))
     child = server.spawn([str(script)], env, str(tmp_path), str(log))
-    line = _wait_for(lambda: "ready" in log.read_text() and log.read_text(), what="ready")
+    line = wait_for(lambda: "ready" in log.read_text() and log.read_text(), 10, "ready")
     helper = int(line.split()[1])
     assert child.poll() is None
     assert child.send_signal(signal.SIGUSR1)  # faulthandler dump, rank only
-    _wait_for(lambda: stack.exists() and "sleeper.py" in stack.read_text(), what="stack")
+    wait_for(lambda: stack.exists() and "sleeper.py" in stack.read_text(), 10, "stack")
     assert child.poll() is None and not _gone(helper)
     assert child.kill()
     assert child.wait(10) == -9
-    _wait_for(lambda: _gone(helper), what="the helper to die with the group")
+    wait_for(lambda: _gone(helper), 10, "the helper to die with the group")
     assert child.kill() is False  # already ended: no-op
 
 
@@ -233,7 +224,7 @@ def test_exits_are_pushed_to_the_agent(server, tmp_path):
     ended = []
     child = server.spawn([str(script)], _child_env(), str(tmp_path), "quick.log",
                          on_exit=lambda: ended.append(True))  # fmt: skip
-    _wait_for(lambda: ended, what="the exit event")
+    wait_for(lambda: ended, 10, "the exit event")
     assert child.poll() == 0
     assert not os.path.exists(f"/proc/{child.pid}")  # reaped by the zygote
 
@@ -310,14 +301,14 @@ def test_stop_kills_live_children(tmp_path):
             handle.spawn([str(stubborn)], env, str(tmp_path), "stubborn.log"),
         ]
         for name in ("plain.log", "stubborn.log"):
-            _wait_for(lambda n=name: "up" in (tmp_path / n).read_text(), what=name)
+            wait_for(lambda n=name: "up" in (tmp_path / n).read_text(), 10, name)
         started = time.monotonic()
         handle.stop(grace_s=0.5)
         assert time.monotonic() - started < 5
         assert handle.proc.returncode == 0
         assert all(_gone(child.pid) for child in children)
         assert [child.wait(5) for child in children] == [-15, -9]
-        _wait_for(lambda: not handle.alive(), what="the channel to close")
+        wait_for(lambda: not handle.alive(), 10, "the channel to close")
     finally:
         handle.stop(grace_s=0.1)
 
@@ -337,11 +328,11 @@ def test_zygote_and_its_children_end_with_the_agent(tmp_path):
     )  # fmt: skip
     try:
         zygote_pid, child_pid = json.loads(agent.stdout.readline())
-        _wait_for(lambda: "up" in (tmp_path / "long.log").read_text(), what="the child")
+        wait_for(lambda: "up" in (tmp_path / "long.log").read_text(), 10, "the child")
         agent.kill()
         agent.wait(10)
-        _wait_for(lambda: _gone(zygote_pid), what="the zygote to end with its agent")
-        _wait_for(lambda: _gone(child_pid), what="the child to end with its zygote")
+        wait_for(lambda: _gone(zygote_pid), 10, "the zygote to end with its agent")
+        wait_for(lambda: _gone(child_pid), 10, "the child to end with its zygote")
     finally:
         agent.kill()
         agent.wait(10)
@@ -384,3 +375,22 @@ def test_measure_start_latency(server, tmp_path, capsys):
             f"-> after `import torch`: {statistics.median(to_torch) * 1e3:.1f} ms; "
             f"fresh `python -c 'import torch'`: best {min(fresh) * 1e3:.0f} ms"
         )
+
+
+def test_a_zygote_that_stops_answering_is_ended(tmp_path):
+    """A late reply would answer the next request: a zygote silent past a request's
+    timeout is killed, and its children are reported ended with it."""
+    handle = zygote.Zygote.start(preload=())
+    script = _script(tmp_path, "long.py", "import time\nprint('up', flush=True)\ntime.sleep(60)\n")
+    child = handle.spawn([str(script)], _child_env(), str(tmp_path), "long.log")
+    wait_for(lambda: "up" in (tmp_path / "long.log").read_text(), 10, "the child")
+    os.kill(handle.pid, signal.SIGSTOP)
+    try:
+        with pytest.raises(zygote.ZygoteError, match="no reply"):
+            handle.request({"op": "hello"}, timeout=0.5)
+        assert handle.proc.wait(10) == -signal.SIGKILL
+        assert child.wait(10) == -signal.SIGKILL
+        with pytest.raises(zygote.ZygoteError, match="gone"):
+            handle.hello()
+    finally:
+        handle.stop(grace_s=0.1)
