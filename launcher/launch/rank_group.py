@@ -58,10 +58,13 @@ STOP_GRACE_S = 2.0
 
 
 class AgentPool:
-    """The launch's node agents, by node id: the cluster's own (``gosok cluster up``) where
-    it runs this gosok's code, else one this launch starts and ends (``close``)."""
+    """The launch's node agents, by node id: the cluster's own where it runs this gosok's
+    code, else one this launch starts. ``keep`` (a local cluster, which gosok owns): what
+    it starts is the cluster's, for the launches after it (a sweep, a second command);
+    else the launch ends its own (``close``)."""
 
-    def __init__(self) -> None:
+    def __init__(self, keep: bool = False) -> None:
+        self.keep = keep
         self.agents: dict[str, Any] = {}
         self.own: list[Any] = []
         self.note = ""  # why the cluster's agents were not used
@@ -81,7 +84,9 @@ class AgentPool:
                         "and `up` renews them)"
                     )
                     kept = None
-            if kept is None:
+            if kept is None and self.keep and not self.note:
+                kept = node_agent.new_agent(node_id, kept=True)
+            elif kept is None:
                 kept = node_agent.new_agent(node_id)
                 self.own.append(kept)
             self.agents[node_id] = kept

@@ -143,7 +143,7 @@ class Supervisor:
         self.task: Any = None
         # Told of each attempt's start, polls and end (e.g. ``ledger.recorder.LaunchRecorder``).
         self.observer = observer
-        self.agents = AgentPool()
+        self.agents = AgentPool(keep=cluster.kind == "local")
 
     # ---- the loop ---------------------------------------------------------------------
 

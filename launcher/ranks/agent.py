@@ -4,10 +4,11 @@ as new interpreters executed by a zygote that preloads nothing.
 
 An agent lives either for one launch (created by the launch on each node it uses, killed
 at its end, and with it when its driver dies: Ray ends the actors a driver owns), or for
-the cluster (``start_cluster_agents``: ``gosok cluster up`` starts one per node, named
-``gosok-agent-<node id>``, so the next launch finds torch already imported; it goes with
-the cluster). A launch uses the cluster's agent only when it runs the launch's own gosok
-code; otherwise it starts its own agents and says why.
+the cluster (named ``gosok-agent-<node id>``, so the next launch finds torch already
+imported; it goes with the cluster): ``gosok cluster up`` starts one per node
+(``start_cluster_agents``), and a launch on a local cluster, which gosok owns, starts the
+missing ones as the cluster's. A launch uses the cluster's agent only when it runs the
+launch's own gosok code; otherwise it starts its own agents and says why.
 
 A job's ranks end when the job's placement group is removed (Ray removes it when the driver
 ends); a zygote's ranks end with the zygote, and a zygote with its agent (its channel
