@@ -390,12 +390,15 @@ def _no(reason: str) -> dict[str, Any]:
 
 def _logs_dir() -> str:
     """This node's Ray log directory (zygote logs go beside the workers' and go away with
-    the Ray session), else the temporary directory."""
+    the Ray session), else this user's own 0700 directory for rank files (never a shared
+    /tmp, where another user could plant a link at the log's name)."""
     with contextlib.suppress(Exception):
         return ray._private.worker.global_worker.node.get_logs_dir_path()
     import tempfile
 
-    return tempfile.gettempdir()
+    from gosok.launcher.ranks.private import private_dir
+
+    return str(private_dir(Path(tempfile.gettempdir()) / f"gosok-ranks-{os.getuid()}"))
 
 
 def _pg_removed(pg: Any) -> bool:
