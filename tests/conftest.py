@@ -165,6 +165,24 @@ def live_actors() -> list[dict]:
     ]
 
 
+def rank_processes() -> list[int]:
+    """Pids of the ranks the node agents' zygotes on this host have forked and not reaped."""
+    zygotes, parents = set(), {}
+    for entry in Path("/proc").iterdir():
+        if not entry.name.isdigit():
+            continue
+        try:
+            argv = (entry / "cmdline").read_bytes().split(b"\0")
+            parents[int(entry.name)] = int(
+                (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
+            )
+        except (OSError, ValueError, IndexError):
+            continue
+        if b"gosok.launcher.ranks.zygote" in argv:
+            zygotes.add(int(entry.name))
+    return sorted(pid for pid, parent in parents.items() if parent in zygotes)
+
+
 def placement_groups_alive() -> list[dict]:
     import ray
 

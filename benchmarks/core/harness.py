@@ -24,7 +24,7 @@ from gosok.launcher.results.run_dir import run_dir
 from gosok.launcher.results.store import write_results
 
 if TYPE_CHECKING:  # Ray loads only when a session starts, not on refused input
-    from gosok.launcher.ranks.workers import WorkerGroup
+    from gosok.launcher.launch.worker_group import WorkerGroup
 
 PARTIAL_NAME = "results.partial.json"
 
@@ -73,7 +73,7 @@ def bench_session(
     ``pin_nodes``: run on exactly these nodes of the cluster (``{node_id, ip, hostname}``
     each, as a results file lists them), node rank i on the i-th."""
     from gosok.launcher.cluster.connect import ray_cluster
-    from gosok.launcher.ranks.workers import WorkerGroup
+    from gosok.launcher.launch.worker_group import WorkerGroup
 
     timeout = timeout_s or cfg.collective_timeout_s
     journal_path = run_dir() / JOURNAL_NAME

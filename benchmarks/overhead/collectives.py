@@ -35,7 +35,7 @@ from gosok.launcher.ranks.fingerprint import driver_fingerprint
 from gosok.launcher.results.store import write_results
 
 if TYPE_CHECKING:
-    from gosok.launcher.ranks.workers import WorkerGroup
+    from gosok.launcher.launch.worker_group import WorkerGroup
 
 
 def _bare_rank(
@@ -103,7 +103,7 @@ def main(argv: list[str] | None = None) -> int:
     local_cluster.use_auth(cluster.name)  # Ray reads its auth mode when first imported
     import ray
 
-    from gosok.launcher.ranks.workers import WorkerGroup
+    from gosok.launcher.launch.worker_group import WorkerGroup
 
     with local_cluster.local_cluster(cluster) as (address, _):
         ray.init(address=address, logging_level="ERROR", log_to_driver=False)

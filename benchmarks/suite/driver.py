@@ -1,6 +1,6 @@
 """``gosok bench suite=quick|acceptance|audit``: the acceptance suite on a Ray cluster.
 
-Phases run in the order ``suite.phases`` lists them, on one set of rank actors:
+Phases run in the order ``suite.phases`` lists them, on one set of ranks:
 inventory (every node at once), compute (GEMM and HBM on every GPU at once), intra-node
 collectives (every node at once), inter-node collectives (the whole allocation), then
 isolation when a check failed or a node is an outlier (bisection over node groups, see

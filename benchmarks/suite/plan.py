@@ -76,10 +76,10 @@ def setup_estimate(suite: Any, cluster: Any) -> PhaseEstimate:
     world = cluster.nodes * cluster.gpus_per_node
     return PhaseEstimate(
         "setup",
-        f"{world} rank actors, one placement group",
+        f"{world} ranks, one placement group",
         suite.setup_estimate_s + RANK_STARTUP_S * world,
         "linear (small)",
-        "cluster connect, actor start, process group init",
+        "cluster connect, rank start, process group init",
     )
 
 

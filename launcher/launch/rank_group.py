@@ -31,26 +31,25 @@ import uuid
 from typing import Any
 
 import ray
-from ray.util.placement_group import placement_group, remove_placement_group
+from ray.util.placement_group import remove_placement_group
 from ray.util.scheduling_strategies import PlacementGroupSchedulingStrategy
 
-from gosok.launcher.cluster.local import SLOT_RESOURCE
 from gosok.launcher.errors import (
     ENVIRONMENT_ERRORS,
     ClusterMismatchError,
     RankStartError,
 )
-from gosok.launcher.ranks import agent as node_agent
-from gosok.launcher.ranks.agent import WarmNeeds
-from gosok.launcher.ranks.plan import NodeSlot, Plan, backend_for, make_plan
-from gosok.launcher.ranks.workers import (
-    NODE_ID_LABEL,
+from gosok.launcher.launch.placement import (
     alive_nodes,
-    check_cluster,
+    bundle,
     get_all,
+    reserve,
     slots_of,
     wait_placed,
 )
+from gosok.launcher.ranks import agent as node_agent
+from gosok.launcher.ranks.agent import WarmNeeds
+from gosok.launcher.ranks.plan import NodeSlot, Plan, backend_for, make_plan
 
 PREPARE_TIMEOUT_S = 600.0  # a first preload of torch + DeepSpeed on a busy node
 REPORT_TIMEOUT_S = 5.0
@@ -71,26 +70,37 @@ class AgentPool:
         self._code = node_agent.code_fingerprint()
 
     def get(self, node_id: str) -> Any:
-        if node_id not in self.agents:
-            kept = node_agent.cluster_agent(node_id)
-            if kept is not None:
-                try:
-                    same = ray.get(kept.describe.remote(), timeout=30).get("code") == self._code
-                except Exception:  # noqa: BLE001  (an agent of any other version is not used)
-                    same = False
-                if not same:
-                    self.note = (
-                        "the cluster's node agents run other gosok code (`gosok cluster down` "
-                        "and `up` renews them)"
-                    )
-                    kept = None
-            if kept is None and self.keep and not self.note:
-                kept = node_agent.new_agent(node_id, kept=True)
-            elif kept is None:
-                kept = node_agent.new_agent(node_id)
-                self.own.append(kept)
-            self.agents[node_id] = kept
-        return self.agents[node_id]
+        return self.ensure([node_id])[0]
+
+    def ensure(self, node_ids: list[str]) -> list[Any]:
+        """The agents of ``node_ids``; the cluster's agents found are asked for their code
+        version all at once."""
+        missing = [n for n in dict.fromkeys(node_ids) if n not in self.agents]
+        kept = {n: node_agent.cluster_agent(n) for n in missing}
+        asked = {n: a.describe.remote() for n, a in kept.items() if a is not None}
+        refs = list(asked.values())
+        ready = ray.wait(refs, num_returns=len(refs), timeout=30)[0] if refs else []
+        for node_id in missing:
+            handle, ref = kept[node_id], asked.get(node_id)
+            if handle is not None and not self._runs_our_code(ref, ready):
+                self.note = (
+                    "the cluster's node agents run other gosok code (`gosok cluster down` "
+                    "and `up` renews them)"
+                )
+                handle = None
+            if handle is None and self.keep and not self.note:
+                handle = node_agent.new_agent(node_id, kept=True)
+            elif handle is None:
+                handle = node_agent.new_agent(node_id)
+                self.own.append(handle)
+            self.agents[node_id] = handle
+        return [self.agents[n] for n in node_ids]
+
+    def _runs_our_code(self, ref: Any, ready: list[Any]) -> bool:
+        try:  # an agent of any other version, or one that does not answer, is not used
+            return ref in ready and ray.get(ref).get("code") == self._code
+        except Exception:  # noqa: BLE001
+            return False
 
     def forget(self, node_id: str) -> None:
         """A node found dead: its agent is not asked again."""
@@ -148,6 +158,7 @@ class RankGroup:
         fresh_process: bool = False,
         timeout_s: float = 120.0,
         exclude_node_ids: tuple[str, ...] = (),
+        pin_nodes: tuple[dict[str, Any], ...] = (),
     ) -> None:
         self.pool = agents
         self.cluster = cluster
@@ -156,6 +167,7 @@ class RankGroup:
         self.job_env = dict(job_env or {})
         self.timeout_s = timeout_s
         self.exclude_node_ids = tuple(exclude_node_ids)
+        self.pin_nodes = tuple(pin_nodes)
         self.reason = "launch.fresh_process=true" if fresh_process else ""
         self.backend = backend_for(cluster.gpu)
         self.job_key = f"{os.getpid()}-{uuid.uuid4().hex[:12]}"
@@ -179,30 +191,20 @@ class RankGroup:
     def world(self) -> int:
         return self.cluster.nodes * self.cluster.gpus_per_node
 
-    def _bundle(self) -> dict[str, float]:
-        per_node = float(self.cluster.gpus_per_node)
-        return {"GPU": per_node} if self.backend == "nccl" else {SLOT_RESOURCE: per_node}
-
     def start(self) -> Plan:
         cluster = self.cluster
         started = time.perf_counter()
-        check_cluster(cluster, self.backend, self.exclude_node_ids)
-        selector = None
-        if self.exclude_node_ids:
-            selector = [{NODE_ID_LABEL: f"!in({','.join(self.exclude_node_ids)})"}] * cluster.nodes
-        self.pg = placement_group(
-            [self._bundle()] * cluster.nodes,
-            strategy="STRICT_SPREAD",
-            bundle_label_selector=selector,
-        )
+        self.pg = reserve(cluster, self.backend, self.exclude_node_ids, self.pin_nodes)
         early = self._prepare_known_nodes()
-        wait_placed(self.pg, self._bundle(), cluster.nodes, self.timeout_s)
+        wait_placed(
+            self.pg, bundle(self.backend, cluster.gpus_per_node), cluster.nodes, self.timeout_s
+        )
         table = ray.util.placement_group_table(self.pg)["bundles_to_node_id"]
         node_ids = [table[i] for i in range(cluster.nodes)]
         self.timings["placement_group_s"] = time.perf_counter() - started
         mark = time.perf_counter()
+        self.agents = self.pool.ensure(node_ids)
         refs = [early.get(n) or self._prepare(n) for n in node_ids]
-        self.agents = [self.pool.get(n) for n in node_ids]
         if self.backend == "nccl":
             self._gpu_ids = self._get(
                 [
@@ -254,6 +256,8 @@ class RankGroup:
     def _prepare_known_nodes(self) -> dict[str, Any]:
         """When exactly as many nodes can host the job as it asks for, they are the ones
         the placement group gets: their zygotes are prepared while it is being placed."""
+        if self.pin_nodes:
+            return {}
         per_node = self.cluster.gpus_per_node
         usable = [
             n["NodeID"]
@@ -262,6 +266,7 @@ class RankGroup:
         ]
         if len(usable) != self.cluster.nodes:
             return {}
+        self.pool.ensure(usable)
         return {node_id: self._prepare(node_id) for node_id in usable}
 
     def _get(self, refs: list[Any], what: str, timeout_s: float | None = None) -> list[Any]:

@@ -44,11 +44,11 @@ from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from gosok.launcher.config.secrets import current
 from gosok.launcher.errors import ENVIRONMENT_ERRORS, GosokError, RankStartError
 from gosok.launcher.launch.monitor import GroupWatch, Verdict, WatchPolicy
+from gosok.launcher.launch.placement import alive_nodes, slots_of
 from gosok.launcher.launch.policy import NOT_RETRIED, Ended, RestartPolicy
 from gosok.launcher.launch.rank_group import AgentPool, RankGroup, WarmNeeds
 from gosok.launcher.ranks.plan import backend_for
 from gosok.launcher.ranks.script_runner import Program
-from gosok.launcher.ranks.workers import alive_nodes, slots_of
 from gosok.launcher.results.store import atomic_write_bytes
 
 DRAIN_POLLS = 20

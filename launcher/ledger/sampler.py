@@ -350,7 +350,7 @@ def trailing_idle(
 
 
 class SamplingSlot:
-    """The sampler one node keeps for one job (a rank actor's, a node agent's): started
+    """The sampler one node keeps for one job (a node agent's): started
     once, drained until stopped; every call is a no-op when none runs."""
 
     def __init__(self) -> None:

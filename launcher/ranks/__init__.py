@@ -1,3 +1,4 @@
-"""Ranks on a Ray cluster: the pure launch plan, the placement group and rank actors, the
-process each rank runs, heartbeats and node fingerprints.
+"""Ranks on a node: the pure launch plan, the node agent and its zygote, the process each
+rank runs (a script, or a benchmark's rank serving the driver's calls), code shipping,
+heartbeats and node fingerprints.
 """

@@ -39,7 +39,7 @@ from ray.util.scheduling_strategies import NodeAffinitySchedulingStrategy
 from gosok.launcher.cluster.local import free_port
 from gosok.launcher.config.secrets import is_secret_name
 from gosok.launcher.ledger.sampler import SamplingSlot
-from gosok.launcher.ranks import forked, node_report, progress, script_runner, zygote
+from gosok.launcher.ranks import forked, node_report, progress, script_runner, workers, zygote
 from gosok.launcher.ranks.node_report import NodeReporter
 
 NAMESPACE = "gosok"
@@ -81,7 +81,8 @@ def code_fingerprint() -> str:
     """sha256 of the sources an agent runs: a cluster's agent started by other gosok code
     is not used."""
     digest = hashlib.sha256()
-    for module in (zygote, forked, script_runner, node_report, progress, sys.modules[__name__]):
+    modules = (zygote, forked, script_runner, workers, node_report, progress, sys.modules[__name__])
+    for module in modules:
         with contextlib.suppress(OSError, TypeError):
             digest.update(Path(module.__file__).read_bytes())
     return digest.hexdigest()
@@ -271,12 +272,23 @@ class NodeAgent:
             base = dict(os.environ)
             base.update(item["env"])
             base["RAY_JOB_ID"] = ray_job_id
+            ours = theirs = None
+            if spec.get("calls"):  # a benchmark's rank: it serves the driver's calls
+                ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
+                slot.state["calls"] = ours
             start = functools.partial(
-                script_runner.spawn_rank, slot, spec, held.handle, base, job.wake.set, needs.fresh
-            )
+                script_runner.spawn_rank, slot, spec, held.handle, base, job.wake.set, needs.fresh,
+                None if theirs is None else theirs.fileno(),
+            )  # fmt: skip
             try:
-                info = start()
+                try:
+                    info = start()
+                finally:
+                    if theirs is not None:
+                        theirs.close()
             except (OSError, ValueError, zygote.ZygoteError) as err:
+                if ours is not None:
+                    ours.close()
                 self.stop_job(job_key, grace_s=0.0)
                 failed = {"rank": slot.rank, "type": type(err).__name__, "text": str(err)}
                 return {
@@ -310,6 +322,42 @@ class NodeAgent:
                 job.reporter.add(script_runner.poll_rank(slot))
             return job.reporter.report()
 
+    def call(self, job_key: str, payload: bytes, timeout_s: float) -> list[tuple]:
+        """Relay one driver call (``workers.py``) to each of this node's ranks of the job:
+        ``(rank, answer, "")`` each, or ``(rank, None, why)`` for a rank that did not
+        answer (its channel is then closed: a late answer would answer the next call)."""
+        job = self._job(job_key)
+        slots = sorted(job.slots.items()) if job else []
+        answers: list[tuple] = []
+        sent = []
+        for rank, slot in slots:
+            try:
+                forked.send_message(slot.state["calls"], payload)
+                sent.append((rank, slot))
+            except (OSError, KeyError) as err:
+                answers.append((rank, None, self._lost(slot, f"cannot be called: {err}")))
+        deadline = time.monotonic() + timeout_s
+        for rank, slot in sent:
+            sock = slot.state["calls"]
+            try:
+                sock.settimeout(max(deadline - time.monotonic(), 0.001))
+                answer = forked.read_message(sock)
+                why = "" if answer is not None else self._lost(slot, "ended")
+            except TimeoutError:
+                answer, why = None, self._lost(slot, f"gave no answer in {timeout_s:g} s")
+            except OSError as err:
+                answer, why = None, self._lost(slot, f"cannot be read: {err}")
+            answers.append((rank, answer, why))
+        return sorted(answers, key=lambda a: a[0])
+
+    def _lost(self, slot: Any, why: str) -> str:
+        with contextlib.suppress(KeyError, OSError):
+            slot.state.pop("calls").close()
+        child = slot.state.get("child")
+        code = child["proc"].poll() if child else None
+        ended = f" (exit code {code})" if code is not None else ""
+        return f"rank {slot.rank} on {socket.gethostname()} {why}{ended}"
+
     def log_tail(self, job_key: str, rank: int, lines: int = 20) -> str:
         job = self._job(job_key)
         slot = job.slots.get(rank) if job else None
@@ -329,11 +377,14 @@ class NodeAgent:
         with contextlib.suppress(Exception):
             job.sampling.drain(stop=True)
         slots = list(job.slots.values())
+        for slot in slots:
+            with contextlib.suppress(KeyError, OSError):
+                slot.state.pop("calls").close()
         with concurrent.futures.ThreadPoolExecutor(max(1, len(slots))) as pool:
             codes = list(pool.map(lambda s: script_runner.stop_rank(s, grace_s), slots))
         return {slot.rank: code for slot, code in zip(slots, codes, strict=True)}
 
-    # -- utilisation sampling for the goodput ledger (``RankActor`` has the same methods)
+    # -- utilisation sampling for the goodput ledger
 
     def start_sampler(
         self,

@@ -7,6 +7,7 @@ describes the machine that launched the run.
 
 from __future__ import annotations
 
+import importlib.metadata
 import os
 import platform
 import socket
@@ -63,11 +64,9 @@ def software_versions() -> dict[str, Any]:
     }
     if torch.cuda.is_available() and dist.is_nccl_available():
         versions["nccl"] = ".".join(map(str, torch.cuda.nccl.version()))
-    try:
-        import ray
-
-        versions["ray"] = ray.__version__
-    except ImportError:
+    try:  # read from the installed metadata: a rank has no need to import Ray
+        versions["ray"] = importlib.metadata.version("ray")
+    except importlib.metadata.PackageNotFoundError:
         versions["ray"] = None
     return versions
 

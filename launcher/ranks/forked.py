@@ -39,6 +39,8 @@ import os
 import random
 import runpy
 import signal
+import socket
+import struct
 import sys
 import threading
 import time
@@ -67,6 +69,45 @@ STARTUP_ENV_KEYS = (
 )
 THREAD_ENV_KEYS = ("OMP_NUM_THREADS", "MKL_NUM_THREADS")
 PROFILE_ENV = "GOSOK_PROFILE_FILE"  # set: the child appends start-up marks there
+CHANNEL_ENV = "GOSOK_CALL_FD"  # a channel the child inherited (a benchmark's rank)
+_HEADER = struct.Struct("!Q")
+
+
+def send_message(sock: socket.socket, body: bytes, fds: Sequence[int] = ()) -> None:
+    """One length-prefixed message (``fds`` passed along with it)."""
+    frame = _HEADER.pack(len(body)) + body
+    sent = socket.send_fds(sock, [frame], list(fds)) if fds else 0
+    sock.sendall(frame[sent:])
+
+
+def read_message(
+    sock: socket.socket, fds: list[int] | None = None, limit: int | None = None
+) -> bytes | None:
+    """One message, or None at the end of the stream; with ``fds``, file descriptors sent
+    with it are appended there; one over ``limit`` bytes raises ``ValueError``."""
+    header = b""
+    if fds is not None:  # ancillary data rides on the message's first byte
+        header, passed, _flags, _addr = socket.recv_fds(sock, _HEADER.size, 1)
+        fds.extend(passed)
+        if not header:
+            return None
+    rest = _recv_exact(sock, _HEADER.size - len(header))
+    if rest is None:
+        return None
+    (size,) = _HEADER.unpack(header + rest)
+    if limit is not None and size > limit:
+        raise ValueError(f"message of {size} bytes is over {limit}")
+    return _recv_exact(sock, size)
+
+
+def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
+    chunks = bytearray()
+    while len(chunks) < size:
+        chunk = sock.recv(min(size - len(chunks), 1 << 20))
+        if not chunk:
+            return None
+        chunks += chunk
+    return bytes(chunks)
 
 
 def env_fingerprint(preload: Iterable[str], path: Sequence[str] | None = None) -> str:

@@ -2,18 +2,18 @@
 functions that start, watch, signal and stop it from the rank's node.
 
 A fresh rank is ``python -m gosok.launcher.ranks.script_runner <script.py | --module name>
-args``: it asks the kernel to kill it when its actor dies (no orphans when a node or actor
-goes), arranges a Python stack dump on SIGUSR1 (hang diagnosis), then runs the script as
-``__main__`` with ``sys.argv = [script, *args]``, so a torchrun-style script runs
-unchanged. A warm rank runs the same ``[script, args...]`` forked from the node's zygote
-(``zygote.py``, ``forked.py``), which gives it the same argv, env, cwd, ``__main__``,
-signals, stack dumps and exit codes. No shell is involved anywhere: argv is a list from
-config to ``execve``.
+args``, executed by a zygote that preloads nothing: it asks the kernel to kill it when the
+zygote dies (no orphans when a node or its agent goes), arranges a Python stack dump on
+SIGUSR1 (hang diagnosis), then runs the script as ``__main__`` with ``sys.argv = [script,
+*args]``, so a torchrun-style script runs unchanged. A warm rank runs the same ``[script,
+args...]`` forked from the node's zygote (``zygote.py``, ``forked.py``), which gives it the
+same argv, env, cwd, ``__main__``, signals, stack dumps and exit codes. No shell is
+involved anywhere: argv is a list from config to ``execve``.
 
 The node-side functions (``spawn_rank``, ``poll_rank``, ``log_tail``, ``dump_stack``,
 ``stop_rank``) take a context with ``rank``, ``node_id`` and a ``state`` dict: the node
-agent's per-rank slot (``agent.py``); the child (a ``ZygoteChild``, or a ``Popen`` where
-no zygote is given) is kept in ``ctx.state["child"]``.
+agent's per-rank slot (``agent.py``); the child (a ``ZygoteChild``) is kept in
+``ctx.state["child"]``.
 
 With ``GOSOK_PROFILE_FILE`` set (``launch.profile=true``) the rank appends start-up marks
 there: ``start``, ``ready`` (torch imported), ``pg_init_start`` / ``pg_init_end``.
@@ -34,7 +34,6 @@ import signal
 import subprocess
 import sys
 import tempfile
-import threading
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -56,7 +55,7 @@ def _die_with_parent() -> None:
     with contextlib.suppress(OSError, AttributeError):
         libc = ctypes.CDLL(None, use_errno=True)
         libc.prctl(PR_SET_PDEATHSIG, signal.SIGKILL, 0, 0, 0)
-    if os.getppid() == 1:  # the actor died before prctl took effect
+    if os.getppid() == 1:  # the zygote died before prctl took effect
         os._exit(137)
 
 
@@ -168,18 +167,19 @@ def rank_files(log_dir: str, rank: int) -> dict[str, str]:
 def spawn_rank(
     ctx: Any,
     spec: dict[str, Any],
-    zygote: Any = None,
+    zygote: Any,
     base_env: dict[str, str] | None = None,
     on_exit: Callable[[], None] | None = None,
     execute: bool = False,
+    channel: int | None = None,
 ) -> dict[str, Any]:
-    """Start this rank's child: a fresh ``Popen`` of the program, or, with ``zygote`` (a
-    ``zygote.Zygote``), a fork of it running the same script, or with ``execute`` too, a
-    fork of it that executes the fresh interpreter (whose parent, the zygote, started from
-    a scrubbed environment). spec: program (``Program`` as a dict), env (job-wide), rank_env
-    (per rank), cwd, log_dir, tee_ranks, profile. ``base_env`` (default: this process's) is
-    what the job's env is laid over; ``on_exit`` is called from a thread when the child
-    has ended."""
+    """Start this rank's child, forked from ``zygote`` (a ``zygote.Zygote``) to run the
+    program, or with ``execute``, forked to execute the fresh interpreter (whose parent,
+    the zygote, started from a scrubbed environment). spec: program (``Program`` as a
+    dict), env (job-wide), rank_env (per rank), cwd, log_dir, tee_ranks, profile.
+    ``base_env`` (default: this process's) is what the job's env is laid over; ``on_exit``
+    is called from a thread when the child has ended; ``channel``: a descriptor the child
+    inherits (``workers.py``)."""
     files = rank_files(spec["log_dir"], ctx.rank)
     program, cwd = shipped(spec)
     argv = program.fresh_argv()
@@ -219,29 +219,16 @@ def spawn_rank(
         if on_exit is not None:
             on_exit()
 
-    if zygote is None:
-        with open(files["log"], "ab") as log:
-            proc: Any = subprocess.Popen(
-                argv, env=env, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
-                stderr=subprocess.STDOUT, process_group=0,
-            )  # fmt: skip
-
-        def wait_exit() -> None:
-            with contextlib.suppress(Exception):
-                proc.wait()
-            ended()
-
-        threading.Thread(target=wait_exit, name=f"rank-{ctx.rank}-exit", daemon=True).start()
-    elif execute:
+    if execute:
         program = argv[0] if os.sep in argv[0] else shutil.which(argv[0]) or argv[0]
         found, runnable = os.path.isfile(program), os.access(program, os.X_OK)
         for ok, code in ((found, errno.ENOENT), (runnable, errno.EACCES)):
             if not ok:  # as Popen says it (FileNotFoundError, PermissionError), unforked
                 raise OSError(code, os.strerror(code), argv[0])
         argv = [program, *argv[1:]]
-        proc = zygote.spawn(argv, env, cwd, files["log"], execute=True, on_exit=ended)
+        proc = zygote.spawn(argv, env, cwd, files["log"], True, ended, channel)
     else:
-        proc = zygote.spawn(program.main(), env, cwd, files["log"], on_exit=ended)
+        proc = zygote.spawn(program.main(), env, cwd, files["log"], False, ended, channel)
     state["proc"] = proc
     ctx.state["child"] = state
     return {
@@ -249,7 +236,7 @@ def spawn_rank(
         "pid": proc.pid,
         "node_id": ctx.node_id,
         "actor_pid": os.getpid(),
-        "start": "fresh" if zygote is None or execute else "warm",
+        "start": "fresh" if execute else "warm",
     }
 
 
@@ -262,11 +249,7 @@ def _returncode(proc: Any) -> int | None:
 def _signal(proc: Any, sig: int, group: bool) -> None:
     """Signal the child (its process group with ``group``) if it has not been reaped."""
     with contextlib.suppress(Exception):
-        if isinstance(proc, subprocess.Popen):
-            if proc.poll() is None:
-                (os.killpg if group else os.kill)(proc.pid, sig)
-        else:
-            proc.send_signal(sig, group=group)
+        proc.send_signal(sig, group=group)
 
 
 def _read_new_output(state: dict[str, Any]) -> str:

@@ -37,7 +37,6 @@ import os
 import selectors
 import signal
 import socket
-import struct
 import subprocess
 import sys
 import threading
@@ -52,48 +51,25 @@ from gosok.launcher.ranks import forked
 
 MODULE = "gosok.launcher.ranks.zygote"
 MAX_MESSAGE_BYTES = 16 * 1024 * 1024
-_HEADER = struct.Struct("!I")
 
 
 class ZygoteError(RuntimeError):
     """The zygote refused a request, or could not be started or reached."""
 
 
-def _frame(message: Mapping[str, Any]) -> bytes:
+def _send_json(sock: socket.socket, message: Mapping[str, Any], fds: Sequence[int] = ()) -> None:
     body = json.dumps(message).encode()
     if len(body) > MAX_MESSAGE_BYTES:
         raise ZygoteError(f"message of {len(body)} bytes is over {MAX_MESSAGE_BYTES}")
-    return _HEADER.pack(len(body)) + body
+    forked.send_message(sock, body, fds)
 
 
-def _read_frame(sock: socket.socket) -> dict[str, Any] | None:
-    """One message, or None at the end of the stream."""
-    header = _recv_exact(sock, _HEADER.size)
-    if header is None:
-        return None
-    (size,) = _HEADER.unpack(header)
-    if size > MAX_MESSAGE_BYTES:
-        raise ZygoteError(f"message of {size} bytes is over {MAX_MESSAGE_BYTES}")
-    body = _recv_exact(sock, size)
-    if body is None:
-        return None
-    message = json.loads(body)
-    if not isinstance(message, dict):
+def _read_json(sock: socket.socket, fds: list[int] | None = None) -> dict[str, Any] | None:
+    body = forked.read_message(sock, fds, MAX_MESSAGE_BYTES)
+    message = None if body is None else json.loads(body)
+    if body is not None and not isinstance(message, dict):
         raise ZygoteError("a message is a JSON object")
     return message
-
-
-def _recv_exact(sock: socket.socket, size: int) -> bytes | None:
-    chunks = bytearray()
-    while len(chunks) < size:
-        try:
-            chunk = sock.recv(size - len(chunks))
-        except InterruptedError:
-            continue
-        if not chunk:
-            return None
-        chunks += chunk
-    return bytes(chunks)
 
 
 def _log(message: str) -> None:
@@ -201,7 +177,7 @@ class Zygote:
         zygote = cls(ours, proc, log_path)
         ours.settimeout(timeout)
         try:
-            ready = _read_frame(ours)
+            ready = _read_json(ours)
         except (OSError, ValueError, ZygoteError):
             ready = None
         if ready is None or ready.get("event") != "ready":
@@ -221,14 +197,16 @@ class Zygote:
     def alive(self) -> bool:
         return not self.gone
 
-    def request(self, message: Mapping[str, Any], timeout: float = 30.0) -> dict[str, Any]:
-        """Send one request and return its reply; a refusal raises ``ZygoteError`` with
-        the zygote's reason."""
+    def request(
+        self, message: Mapping[str, Any], timeout: float = 30.0, fds: Sequence[int] = ()
+    ) -> dict[str, Any]:
+        """Send one request (with ``fds`` passed along) and return its reply; a refusal
+        raises ``ZygoteError`` with the zygote's reason."""
         with self._lock:
             if self.gone:
                 raise ZygoteError(f"the zygote is gone ({self.gone})")
             try:
-                self.sock.sendall(_frame(message))
+                _send_json(self.sock, message, fds)
             except OSError as err:
                 raise ZygoteError(f"the zygote is gone ({err})") from err
             deadline = time.monotonic() + timeout
@@ -265,16 +243,18 @@ class Zygote:
         stdout_path: str,
         execute: bool = False,
         on_exit: Callable[[], None] | None = None,
+        channel: int | None = None,
     ) -> ZygoteChild:
         """Fork a rank running ``argv`` with exactly ``env``, in ``cwd``, stdout and stderr
         appended to ``stdout_path``; ``on_exit`` is called (from the reader thread) when it
-        has ended."""
+        has ended. ``channel``: a descriptor the rank inherits (its number in env
+        ``forked.CHANNEL_ENV``)."""
         argv = [str(a) for a in argv]
         reply = self.request({
             "op": "spawn", "exec": bool(execute), "argv": argv,
             "env": {str(k): str(v) for k, v in env.items()}, "cwd": os.fspath(cwd),
             "stdout_path": os.fspath(stdout_path),
-        })  # fmt: skip
+        }, fds=() if channel is None else (channel,))  # fmt: skip
         child = ZygoteChild(self, reply["id"], reply["pid"], argv)
         with self._replied:
             self._children[child.id] = child
@@ -293,7 +273,7 @@ class Zygote:
         if self._lock.acquire(timeout=5.0):  # not in the middle of another request's frame
             try:
                 with contextlib.suppress(OSError):
-                    self.sock.sendall(_frame({"op": "stop", "grace_s": grace_s}))
+                    _send_json(self.sock, {"op": "stop", "grace_s": grace_s})
             finally:
                 self._lock.release()
         else:
@@ -310,7 +290,7 @@ class Zygote:
         why = "its channel closed"
         try:
             while True:
-                message = _read_frame(self.sock)
+                message = _read_json(self.sock)
                 if message is None:
                     break
                 if message.get("event") == "exit":
@@ -415,7 +395,7 @@ class ZygoteServer:
 
     def _send(self, message: Mapping[str, Any]) -> None:
         try:
-            self.sock.sendall(_frame(message))
+            _send_json(self.sock, message)
         except OSError as err:
             self._stop = self._stop or f"the agent's end closed ({err})"
 
@@ -435,10 +415,21 @@ class ZygoteServer:
         _log(f"stopping: {self._stop}")
 
     def _on_request(self) -> None:
+        fds: list[int] = []
         try:
-            message = _read_frame(self.sock)
+            message = _read_json(self.sock, fds)
         except (OSError, ValueError, ZygoteError) as err:
             self._stop = f"a bad message ({err})"
+            message = None
+        try:
+            self._serve(message, fds)
+        finally:
+            for fd in fds:
+                with contextlib.suppress(OSError):
+                    os.close(fd)
+
+    def _serve(self, message: dict[str, Any] | None, fds: list[int]) -> None:
+        if self._stop:
             return
         if message is None:
             self._stop = "the agent's end closed"
@@ -448,7 +439,7 @@ class ZygoteServer:
             if op == "hello":
                 reply: dict[str, Any] = self._hello()
             elif op == "spawn":
-                reply = self._spawn(message)
+                reply = self._spawn(message, fds[0] if fds else None)
             elif op == "signal":
                 reply = {"sent": self._signal(message)}
             elif op == "stop":
@@ -483,7 +474,7 @@ class ZygoteServer:
             return False
         return _signal_pid(pid, int(message["sig"]), bool(message.get("group")))
 
-    def _spawn(self, message: dict[str, Any]) -> dict[str, Any]:
+    def _spawn(self, message: dict[str, Any], channel: int | None) -> dict[str, Any]:
         argv, env, cwd = message.get("argv"), message.get("env"), message.get("cwd")
         stdout_path = message.get("stdout_path")
         if not (isinstance(argv, list) and argv and all(isinstance(a, str) for a in argv)):
@@ -497,6 +488,9 @@ class ZygoteServer:
         if not isinstance(stdout_path, str) or not stdout_path:
             raise _Refused("stdout_path is required")
         execute = bool(message.get("exec"))
+        if channel is not None:
+            env = {**env, forked.CHANNEL_ENV: str(channel)}
+            os.set_inheritable(channel, True)  # closed here once forked
         differ = [k for k in forked.STARTUP_ENV_KEYS if env.get(k) != self._startup_env.get(k)]
         if differ and not execute:
             raise _Refused(

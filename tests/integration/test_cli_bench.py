@@ -13,7 +13,13 @@ import time
 
 import pytest
 
-from tests.conftest import NCCL_TESTS_BUSBW_FACTORS, live_actors, placement_groups_alive, run_gosok
+from tests.conftest import (
+    NCCL_TESTS_BUSBW_FACTORS,
+    live_actors,
+    placement_groups_alive,
+    rank_processes,
+    run_gosok,
+)
 
 SMALL = ["bench.min_bytes=1024", "bench.max_bytes=16384", "bench.iters=3", "bench.warmup_iters=1"]
 
@@ -130,9 +136,9 @@ def test_ctrl_c_tears_everything_down(ray_cluster, tmp_path):
         env=dict(os.environ),
     )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(live_actors()) < 4:
+    while time.monotonic() < deadline and len(rank_processes()) < 4:
         time.sleep(0.5)
-    assert len(live_actors()) >= 4, "ranks never started"
+    assert len(rank_processes()) >= 4, "ranks never started"
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
     try:
@@ -143,9 +149,9 @@ def test_ctrl_c_tears_everything_down(ray_cluster, tmp_path):
             proc.communicate()
     assert proc.returncode != 0
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (live_actors() or placement_groups_alive()):
+    while time.monotonic() < deadline and (rank_processes() or placement_groups_alive()):
         time.sleep(0.5)
-    assert not live_actors(), output[-2000:]
+    assert not live_actors() and not rank_processes(), output[-2000:]
     assert not placement_groups_alive()
 
 

@@ -10,8 +10,8 @@ from rich.console import Console
 from gosok.benchmarks.collectives.driver import measure_collectives, step_records
 from gosok.benchmarks.collectives.schema import CollectivesBenchConfig
 from gosok.launcher.errors import ClusterMismatchError
-from gosok.launcher.ranks.workers import WorkerGroup
-from tests.conftest import cluster_config, live_actors, placement_groups_alive
+from gosok.launcher.launch.worker_group import WorkerGroup
+from tests.conftest import cluster_config, live_actors, placement_groups_alive, rank_processes
 
 ALL_OPS = [
     "all_reduce",
@@ -28,7 +28,8 @@ ALL_OPS = [
 def group(ray_cluster):
     with WorkerGroup(cluster_config(nodes=2, gpus_per_node=2), timeout_s=120) as workers:
         yield workers
-    assert not live_actors(), "rank actors outlived their WorkerGroup"
+    assert not live_actors(), "actors outlived their WorkerGroup"
+    assert not rank_processes(), "ranks outlived their WorkerGroup"
     assert not placement_groups_alive(), "placement group outlived its WorkerGroup"
 
 

@@ -9,7 +9,7 @@ from omegaconf import OmegaConf
 from gosok.benchmarks.compute.driver import verdict
 from gosok.benchmarks.compute.schema import GemmBenchConfig
 from gosok.benchmarks.compute.step import measure_compute
-from gosok.launcher.ranks.workers import WorkerGroup
+from gosok.launcher.launch.worker_group import WorkerGroup
 from tests.conftest import cluster_config
 
 ENTRIES = [

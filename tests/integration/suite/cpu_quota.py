@@ -4,8 +4,8 @@ A local node is one ``ray start --block`` process session (``local_cluster`` kee
 pgid). ``CpuQuota(pgid, quota_us, period_us)`` creates a cgroup with that quota (cgroup v2
 ``cpu.max``, or v1 ``cpu.cfs_quota_us``), moves every process of the session and all
 their descendants into it, and on exit moves them back and removes the cgroup. Processes
-the raylet starts later (rank actors) inherit the cgroup. ``workers_only=True`` moves only
-Ray worker processes (the ranks), leaving the raylet and its agents at full speed.
+started there later inherit the cgroup. ``workers_only=True`` moves only the ranks (the
+processes the node agent's zygote forked), leaving the raylet and its agents at full speed.
 
 Use::
 
@@ -20,6 +20,7 @@ import os
 from pathlib import Path
 
 CGROUP_ROOT = Path("/sys/fs/cgroup")
+ZYGOTE = "gosok.launcher.ranks.zygote"
 
 
 def cgroup_layout() -> tuple[str, Path] | None:
@@ -63,13 +64,18 @@ def session_pids(pgid: int) -> list[int]:
     return sorted(p for p in members if p in table)
 
 
-def is_worker(pid: int) -> bool:
-    """A Ray worker process (idle, or running a rank actor), not the raylet or an agent."""
+def _cmdline(pid: int) -> bytes:
     try:
-        title = Path(f"/proc/{pid}/cmdline").read_bytes().split(b"\0")[0].decode()
+        return Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
-        return False
-    return title.startswith("ray::") and not title.endswith("Agent")
+        return b""
+
+
+def is_rank(pid: int) -> bool:
+    """A rank: a process a node agent's zygote forked (not the raylet, an agent or a
+    zygote)."""
+    info = _stat(pid)
+    return info is not None and ZYGOTE.encode() in _cmdline(info[0])
 
 
 class CpuQuota:
@@ -108,7 +114,7 @@ class CpuQuota:
     def refresh(self) -> list[int]:
         """Move the session's current processes in (new children inherit it anyway)."""
         for pid in session_pids(self.pgid):
-            if self.workers_only and not is_worker(pid):
+            if self.workers_only and not is_rank(pid):
                 continue
             with contextlib.suppress(OSError):
                 (self.path / "cgroup.procs").write_text(str(pid))
