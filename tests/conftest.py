@@ -149,7 +149,7 @@ def assert_refused_clearly(
     for needle in needles:
         assert needle in output, f"{needle!r} missing from:\n{output}"
     assert "Traceback" not in output
-    assert "Connected to Ray" not in output and "RankActor" not in output
+    assert "Connected to Ray" not in output and "NodeAgent" not in output
     assert not list(state.iterdir()), "a local Ray cluster was started"
 
 

@@ -276,7 +276,7 @@ def measure_compute(
     gpu = gpu_spec(gpu_key)
     profile = resolved_profile(bench, gpu_key)
     plan = measurement_plan(bench, profile)
-    per_gpu_rows = len(group.actors) <= bench.max_table_ranks
+    per_gpu_rows = len(group.rank_info) <= bench.max_table_ranks
     if console is not None:
         console.print(format_header(is_cpu(gpu), per_gpu_rows), highlight=False, markup=False)
     records: list[dict[str, Any]] = []

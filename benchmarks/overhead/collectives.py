@@ -147,7 +147,7 @@ def main(argv: list[str] | None = None) -> int:
         Path(args.out),
         {
             "kind": "overhead",
-            "what": "all_reduce busbw, gosok (Ray actors) vs bare torch.distributed",
+            "what": "all_reduce busbw, gosok (agent-forked ranks) vs bare torch.distributed",
             "device": "cpu",
             "settings": vars(args),
             "timing": "barrier, then time.perf_counter around iters back-to-back calls; per-rank "

@@ -30,7 +30,7 @@ GPU_LATENCY_S = 30e-6
 GPU_INTER_HOP_LATENCY_S = 5e-6
 # Per round: new process groups and dispatch through Ray.
 ROUND_OVERHEAD_S = 1.0
-RANK_STARTUP_S = 0.005  # GCS schedules actors at a few hundred per second
+RANK_STARTUP_S = 0.005  # a node agent forks its ranks from a warm zygote: milliseconds each
 
 
 @dataclass(frozen=True)

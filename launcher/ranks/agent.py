@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import concurrent.futures
 import contextlib
-import functools
 import hashlib
 import os
 import re
@@ -276,16 +275,11 @@ class NodeAgent:
             if spec.get("calls"):  # a benchmark's rank: it serves the driver's calls
                 ours, theirs = socket.socketpair(socket.AF_UNIX, socket.SOCK_STREAM)
                 slot.state["calls"] = ours
-            start = functools.partial(
-                script_runner.spawn_rank, slot, spec, held.handle, base, job.wake.set, needs.fresh,
-                None if theirs is None else theirs.fileno(),
-            )  # fmt: skip
+            channel = None if theirs is None else theirs.fileno()
             try:
-                try:
-                    info = start()
-                finally:
-                    if theirs is not None:
-                        theirs.close()
+                info = script_runner.spawn_rank(
+                    slot, spec, held.handle, base, job.wake.set, needs.fresh, channel
+                )
             except (OSError, ValueError, zygote.ZygoteError) as err:
                 if ours is not None:
                     ours.close()
@@ -295,6 +289,9 @@ class NodeAgent:
                     **_no(f"the zygote on node {self.node_id[:8]} refused: {err}"),
                     "failed": failed,
                 }
+            finally:
+                if theirs is not None:  # the child holds its own copy
+                    theirs.close()
             with self._lock:
                 job.slots[slot.rank] = slot
                 stopped = self._jobs.get(job_key) is not job
