@@ -117,29 +117,6 @@ class AgentPool:
         self.agents.clear()
 
 
-class _JobCalls:
-    """Stands in for a rank's actor where code calls an actor method by name (the ledger's
-    ``start_sampler`` / ``drain_samples``): the call goes to the node's agent, for the job."""
-
-    def __init__(self, agent: Any, job_key: str) -> None:
-        self._agent = agent
-        self._job_key = job_key
-
-    def __getattr__(self, name: str) -> Any:
-        if name.startswith("_"):
-            raise AttributeError(name)
-        return _Call(getattr(self._agent, name), self._job_key)
-
-
-class _Call:
-    def __init__(self, method: Any, job_key: str) -> None:
-        self._method = method
-        self._job_key = job_key
-
-    def remote(self, *args: Any, **kwargs: Any) -> Any:
-        return self._method.remote(self._job_key, *args, **kwargs)
-
-
 @ray.remote(num_cpus=0)
 def _bundle_gpu_ids() -> list[str]:
     return [str(i) for i in ray.get_gpu_ids()]
@@ -174,7 +151,6 @@ class RankGroup:
         self.pg = None
         self.plan: Plan | None = None
         self.agents: list[Any] = []  # by node rank
-        self.actors: list[Any] = []  # by rank: the rank's node agent, for this job
         self.rank_info: list[dict[str, Any]] = []
         self.timings: dict[str, float] = {}
         self.zygotes_started = 0
@@ -246,7 +222,6 @@ class RankGroup:
                     "local_rank": spec.local_rank,
                 }
             )
-            self.actors.append(_JobCalls(self.agents[spec.node_rank], self.job_key))
         self.timings["placement_s"] = time.perf_counter() - started
         return self.plan
 
@@ -366,6 +341,14 @@ class RankGroup:
 
     def _agent_of(self, rank: int) -> Any:
         return self.agents[int(self.rank_info[rank]["node_rank"])]
+
+    def start_sampler(self, rank: int, *args: Any) -> None:
+        """The goodput ledger's utilisation sampler on ``rank``'s node, for this job."""
+        self._agent_of(rank).start_sampler.remote(self.job_key, *args)
+
+    def drain_samples(self, rank: int, stop: bool = False) -> Any:
+        """A ref to the samples taken on ``rank``'s node since the last drain."""
+        return self._agent_of(rank).drain_samples.remote(self.job_key, stop)
 
     def log_tail(self, rank: int) -> str:
         return ray.get(self._agent_of(rank).log_tail.remote(self.job_key, rank), timeout=5)

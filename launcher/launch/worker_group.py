@@ -73,11 +73,6 @@ class WorkerGroup:
         assert self.ranks is not None
         return self.ranks.backend
 
-    @property
-    def actors(self) -> list[Any]:
-        """Per rank, its node agent's calls for this group (the ledger's samplers)."""
-        return self.ranks.actors if self.ranks else []
-
     def start(self) -> Plan:
         self.pool = AgentPool(keep=getattr(self.cluster, "kind", "") == "local")
         self.ranks = RankGroup(

@@ -75,7 +75,7 @@ class _Attempt:
     last_step_unix: float | None = None
     saves: int = 0
     checkpoint_s: float = 0.0
-    leaders: dict[str, Any] = field(default_factory=dict)  # node label -> actor handle
+    leaders: dict[str, int] = field(default_factory=dict)  # node label -> its sampling rank
     node_ids: dict[str, str] = field(default_factory=dict)  # node label -> Ray node id
     sampling: bool = False
     stopped: bool = False
@@ -327,7 +327,6 @@ class LaunchRecorder:
 
     def _sample(self, state: _Attempt, group: Any, view: Any) -> None:
         now = time.monotonic()
-        actors = list(group.actors)
         if not state.sampling:
             state.sampling = True
             infos = list(getattr(group, "rank_info", None) or [])
@@ -338,12 +337,8 @@ class LaunchRecorder:
                     for other, pid in view.pids.items()
                     if pid and node_of.get(other) == node_of[rank]
                 ]
-                actor = actors[rank]
-                try:
-                    actor.start_sampler.remote(self.interval_s, label, self.cluster_name, "", pids)
-                except TypeError:  # a node side without ``pids``: it measures the whole host
-                    actor.start_sampler.remote(self.interval_s, label, self.cluster_name, "")
-                state.leaders[label] = actor
+                group.start_sampler(rank, self.interval_s, label, self.cluster_name, "", pids)
+                state.leaders[label] = rank
                 state.node_ids[label] = str(node_of[rank])
             state.last_drain = now
         self._collect(state, wait_s=0.0)
@@ -353,9 +348,9 @@ class LaunchRecorder:
         if not ending and now - state.last_drain < max(self.interval_s, MIN_DRAIN_EVERY_S):
             return
         waiting = set(state.pending.values())
-        for label, actor in state.leaders.items():
+        for label, rank in state.leaders.items():
             if ending or label not in waiting:
-                state.pending[actor.drain_samples.remote(stop=ending)] = label
+                state.pending[group.drain_samples(rank, stop=ending)] = label
         state.last_drain = now
         state.stopped = ending
 

@@ -88,7 +88,7 @@ def test_idle_span_is_flagged_while_a_job_sleeps(ray_cluster, tmp_path):
     (tmp_path / "sleeper.py").write_text(SLEEPER)
     ledger = tmp_path / "ledger.sqlite"
     # Each node's sampler measures the CPU share of the job's own ranks there, so the busy
-    # host around them does not matter. Fresh rank processes: their actors take the pids.
+    # host around them does not matter. Fresh rank processes (executed by the zygote).
     run = run_gosok(
         "launch", "job=script", "job.script=sleeper.py", "logger=none",
         "launch.fresh_process=true", f"ledger.path={ledger}", "ledger.project=idle",

@@ -14,7 +14,7 @@ from omegaconf import OmegaConf
 from gosok.launcher import cli
 from gosok.launcher.config.launch_schema import LaunchOptions, RecipeJobConfig, ScriptJobConfig
 from gosok.launcher.launch.command import RECIPE_MODULE, launch_profile, warm_preload
-from gosok.launcher.launch.rank_group import _JobCalls
+from gosok.launcher.launch.rank_group import RankGroup
 from gosok.launcher.ranks.agent import WarmNeeds
 from gosok.launcher.ranks.script_runner import RUNNER_MODULE, Program
 
@@ -83,14 +83,23 @@ def test_profile_phases_run_from_the_command_to_the_first_step():
     assert profile["command_to_first_step_s"] is None
 
 
-def test_job_calls_go_to_the_node_agent_with_the_job():
+def test_sampler_calls_go_to_the_ranks_node_agent_with_the_job():
     calls = []
-    method = SimpleNamespace(remote=lambda *a, **k: calls.append((a, k)) or "ref")
-    proxy = _JobCalls(SimpleNamespace(drain_samples=method), "job-1")
-    assert proxy.drain_samples.remote(stop=True) == "ref"
-    assert calls == [(("job-1",), {"stop": True})]
-    with pytest.raises(AttributeError):
-        proxy._private  # noqa: B018
+
+    def method(name):
+        return SimpleNamespace(remote=lambda *a, **k: calls.append((name, a, k)) or "ref")
+
+    cluster = SimpleNamespace(gpu="cpu", nodes=2, gpus_per_node=2)
+    group = RankGroup(None, cluster, {}, WarmNeeds())
+    agents = [SimpleNamespace(start_sampler=method(n), drain_samples=method(n)) for n in "ab"]
+    group.agents = agents
+    group.rank_info = [{"rank": r, "node_rank": r // 2} for r in range(4)]
+    group.start_sampler(2, 0.5, "node-1", "c", "", [7])
+    assert group.drain_samples(3, stop=True) == "ref"
+    assert calls == [
+        ("b", (group.job_key, 0.5, "node-1", "c", "", [7]), {}),
+        ("b", (group.job_key, True), {}),
+    ]
 
 
 def test_process_start_is_in_the_past():
