@@ -14,7 +14,7 @@ class GosokError(Exception):
 
 
 class ConfigError(GosokError):
-    """The composed config is invalid. Raised before any Ray actor starts."""
+    """The composed config is invalid. Raised before anything starts on the cluster."""
 
     exit_code = 2
 
@@ -33,6 +33,10 @@ class CollectiveTimeoutError(GosokError):
     """A step on the ranks did not finish within its timeout."""
 
     exit_code = 4
+
+
+class RankCallError(GosokError):
+    """A benchmark's rank could not be called, or ended, while the driver waited on it."""
 
 
 # A rank's process could not start because its node lacks what the job names (an

@@ -2,7 +2,9 @@
 (``RankGroup``: one STRICT_SPREAD bundle per node, ranks packed per node, node rank =
 bundle index, torchrun's environment, GPUs from the bundle), each serving the functions
 the driver sends (``ranks/workers.py``) with torch.distributed up (NCCL on GPU, gloo on
-CPU). ``run(fn, ...)`` calls ``fn(ctx, ...)`` on every rank at once, with a timeout.
+CPU). ``run(fn, ...)`` calls ``fn(ctx, ...)`` on every rank at once, with a timeout; a
+module-level ``fn`` travels by reference (its module must be importable on the ranks, as
+gosok's are), a lambda or a local function by value (cloudpickle).
 Teardown always happens (context manager): ranks stopped, placement group removed.
 
 Use::
@@ -21,7 +23,7 @@ from typing import Any
 
 import ray
 
-from gosok.launcher.errors import ClusterMismatchError, CollectiveTimeoutError, GosokError
+from gosok.launcher.errors import ClusterMismatchError, CollectiveTimeoutError, RankCallError
 from gosok.launcher.launch.placement import get_all
 from gosok.launcher.launch.rank_group import AgentPool, RankGroup
 from gosok.launcher.ranks import workers
@@ -31,10 +33,6 @@ from gosok.launcher.ranks.script_runner import Program
 from gosok.launcher.results.run_dir import run_dir
 
 RELAY_SLACK_S = 30.0  # the agents' own time to relay a call, on top of its timeout
-
-
-class RankCallError(GosokError):
-    """A rank could not be called, or ended, while the driver waited on it."""
 
 
 class WorkerGroup:
@@ -136,7 +134,10 @@ class WorkerGroup:
         payload = ray.put(ray.cloudpickle.dumps((fn, args, kwargs)))
         refs = [a.call.remote(self.ranks.job_key, payload, timeout) for a in self.ranks.agents]
         results: list[Any] = [None] * len(self.rank_info)
-        for answers in get_all(refs, what, timeout + RELAY_SLACK_S):
+        replies = get_all(refs, what, timeout + RELAY_SLACK_S)
+        for node_rank, answers in enumerate(replies):
+            if answers is None:
+                raise RankCallError(f"{what}: node {node_rank}'s agent no longer knows the ranks")
             for rank, answer, why in answers:
                 if answer is None:
                     kind = CollectiveTimeoutError if "no answer" in why else RankCallError

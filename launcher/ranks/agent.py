@@ -319,16 +319,20 @@ class NodeAgent:
                 job.reporter.add(script_runner.poll_rank(slot))
             return job.reporter.report()
 
-    def call(self, job_key: str, payload: bytes, timeout_s: float) -> list[tuple]:
+    def call(self, job_key: str, payload: bytes, timeout_s: float) -> list[tuple] | None:
         """Relay one driver call (``workers.py``) to each of this node's ranks of the job:
         ``(rank, answer, "")`` each, or ``(rank, None, why)`` for a rank that did not
-        answer (its channel is then closed: a late answer would answer the next call)."""
+        answer (its channel is then closed: a late answer would answer the next call).
+        None when the job is unknown here."""
         job = self._job(job_key)
-        slots = sorted(job.slots.items()) if job else []
+        if job is None:
+            return None
+        slots = sorted(job.slots.items())
         answers: list[tuple] = []
         sent = []
         for rank, slot in slots:
             try:
+                slot.state["calls"].settimeout(timeout_s)
                 forked.send_message(slot.state["calls"], payload)
                 sent.append((rank, slot))
             except (OSError, KeyError) as err:

@@ -9,7 +9,7 @@ from rich.console import Console
 
 from gosok.benchmarks.collectives.driver import measure_collectives, step_records
 from gosok.benchmarks.collectives.schema import CollectivesBenchConfig
-from gosok.launcher.errors import ClusterMismatchError
+from gosok.launcher.errors import ClusterMismatchError, CollectiveTimeoutError, RankCallError
 from gosok.launcher.launch.worker_group import WorkerGroup
 from tests.conftest import cluster_config, live_actors, placement_groups_alive, rank_processes
 
@@ -137,3 +137,26 @@ def test_cluster_that_does_not_match_is_refused(ray_cluster, shape):
         pass
     assert len(live_actors()) == before
     assert len(placement_groups_alive()) == pgs_before
+
+
+def test_a_rank_failure_comes_back_whole_and_the_group_serves_on(group):
+    def refuse_on_rank_1(ctx):  # local: sent by value, as the ranks cannot import tests
+        if ctx.rank == 1:
+            raise ValueError(f"rank {ctx.rank} refuses")
+        return ctx.rank
+
+    with pytest.raises(ValueError, match="rank 1 refuses") as caught:
+        group.run(refuse_on_rank_1)
+    notes = "\n".join(caught.value.__notes__)
+    assert "on rank 1" in notes and "refuse_on_rank_1" in notes
+    assert group.run(lambda ctx: ctx.rank) == [0, 1, 2, 3]
+
+
+def test_a_stuck_or_dead_rank_is_named_and_nothing_is_left(group):
+    others = set(rank_processes())  # the module group's
+    with WorkerGroup(cluster_config(nodes=1), timeout_s=60) as small:
+        with pytest.raises(CollectiveTimeoutError, match="rank 1 .* no answer in 2 s"):
+            small.run(lambda ctx: __import__("time").sleep(30 * ctx.rank), timeout_s=2)
+        with pytest.raises(RankCallError, match="rank 0 .* ended"):
+            small.run(lambda ctx: __import__("os")._exit(9))
+    assert set(rank_processes()) == others, "ranks outlived their WorkerGroup"
