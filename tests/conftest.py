@@ -165,22 +165,34 @@ def live_actors() -> list[dict]:
     ]
 
 
-def rank_processes() -> list[int]:
-    """Pids of the ranks the node agents' zygotes on this host have forked and not reaped."""
+def rank_processes(cluster) -> list[int]:
+    """Pids of the ranks that the node agents' zygotes of ``cluster`` (a local cluster's
+    state: its nodes' session leaders) have forked and not reaped; other clusters on
+    this host (another test run) are not counted."""
     zygotes, parents = set(), {}
     for entry in Path("/proc").iterdir():
         if not entry.name.isdigit():
             continue
         try:
             argv = (entry / "cmdline").read_bytes().split(b"\0")
-            parents[int(entry.name)] = int(
-                (entry / "stat").read_text().rsplit(")", 1)[1].split()[1]
-            )
-        except (OSError, ValueError, IndexError):
+            stat = (entry / "stat").read_text().rsplit(")", 1)[1].split()
+        except (OSError, IndexError):
             continue
+        parents[int(entry.name)] = int(stat[1])
         if b"gosok.launcher.ranks.zygote" in argv:
             zygotes.add(int(entry.name))
-    return sorted(pid for pid, parent in parents.items() if parent in zygotes)
+
+    def under_cluster(pid: int) -> bool:
+        seen = set()
+        while pid > 1 and pid not in seen:
+            if pid in cluster.pgids:
+                return True
+            seen.add(pid)
+            pid = parents.get(pid, 0)
+        return False
+
+    mine = {z for z in zygotes if under_cluster(z)}
+    return sorted(pid for pid, parent in parents.items() if parent in mine)
 
 
 def placement_groups_alive() -> list[dict]:

@@ -101,7 +101,9 @@ class WorkerGroup:
         for info, extra in zip(self.rank_info, self.run(workers.describe), strict=True):
             info.update(extra)
         self._check_gpu_model()
-        init = self.run(workers.init_process_group, self.timeout_s)
+        init = self.run(
+            workers.init_process_group, self.timeout_s, timeout_s=self.timeout_s + RELAY_SLACK_S
+        )
         self.pg_init_seconds = max(init)
         return plan
 
@@ -142,9 +144,17 @@ class WorkerGroup:
                 if answer is None:
                     kind = CollectiveTimeoutError if "no answer" in why else RankCallError
                     raise kind(f"{what}: {why}")
-                ok, value, text = pickle.loads(answer)
+                host = self.rank_info[rank]["hostname"]
+                try:
+                    ok, value, text = pickle.loads(answer)
+                except Exception as err:  # noqa: BLE001  (what the driver cannot rebuild)
+                    raise RankCallError(
+                        f"{what}: the answer of rank {rank} ({host}) cannot be read here: "
+                        f"{type(err).__name__}: {err}"
+                    ) from err
                 if not ok:
-                    host = self.rank_info[rank]["hostname"]
+                    if not isinstance(value, Exception):  # SystemExit, KeyboardInterrupt
+                        value = RankCallError(f"{what} ended with {type(value).__name__}")
                     value.add_note(f"raised by {what} on rank {rank} ({host}):\n{text}")
                     raise value
                 results[rank] = value

@@ -23,6 +23,7 @@ import contextlib
 import hashlib
 import os
 import re
+import selectors
 import socket
 import sys
 import threading
@@ -96,6 +97,7 @@ class _Job:
     sampling: SamplingSlot = field(default_factory=SamplingSlot)
     reporter: NodeReporter = field(default_factory=NodeReporter)
     report_lock: threading.Lock = field(default_factory=threading.Lock)
+    call_lock: threading.Lock = field(default_factory=threading.Lock)  # one call at a time
 
 
 @dataclass
@@ -296,6 +298,8 @@ class NodeAgent:
                 job.slots[slot.rank] = slot
                 stopped = self._jobs.get(job_key) is not job
             if stopped:  # the job was stopped meanwhile: so is what was just started
+                if ours is not None:
+                    ours.close()
                 script_runner.stop_rank(slot, grace_s=0.0)
                 return _no(f"job {job_key} was stopped while its ranks were starting")
             placement.append(info)
@@ -327,29 +331,39 @@ class NodeAgent:
         job = self._job(job_key)
         if job is None:
             return None
-        slots = sorted(job.slots.items())
-        answers: list[tuple] = []
-        sent = []
-        for rank, slot in slots:
-            try:
-                slot.state["calls"].settimeout(timeout_s)
-                forked.send_message(slot.state["calls"], payload)
-                sent.append((rank, slot))
-            except (OSError, KeyError) as err:
-                answers.append((rank, None, self._lost(slot, f"cannot be called: {err}")))
+        with job.call_lock:
+            return self._relay(job, payload, timeout_s)
+
+    def _relay(self, job: _Job, payload: bytes, timeout_s: float) -> list[tuple]:
         deadline = time.monotonic() + timeout_s
-        for rank, slot in sent:
-            sock = slot.state["calls"]
+        answers: dict[int, tuple] = {}
+        waiting: dict[Any, Any] = {}  # channel -> slot
+        for rank, slot in sorted(job.slots.items()):
             try:
-                sock.settimeout(max(deadline - time.monotonic(), 0.001))
-                answer = forked.read_message(sock)
-                why = "" if answer is not None else self._lost(slot, "ended")
-            except TimeoutError:
-                answer, why = None, self._lost(slot, f"gave no answer in {timeout_s:g} s")
-            except OSError as err:
-                answer, why = None, self._lost(slot, f"cannot be read: {err}")
-            answers.append((rank, answer, why))
-        return sorted(answers, key=lambda a: a[0])
+                sock = slot.state["calls"]
+                sock.settimeout(timeout_s)
+                forked.send_message(sock, payload)
+                waiting[sock] = slot
+            except (OSError, KeyError) as err:
+                answers[rank] = (rank, None, self._lost(slot, f"cannot be called: {err!r}"))
+        with selectors.DefaultSelector() as ready:
+            for sock in waiting:
+                ready.register(sock, selectors.EVENT_READ)
+            while waiting and (left := deadline - time.monotonic()) > 0:
+                for key, _ in ready.select(left):
+                    slot = waiting.pop(key.fileobj)
+                    ready.unregister(key.fileobj)
+                    try:  # an answer has begun: read it whole
+                        key.fileobj.settimeout(max(deadline - time.monotonic(), 1.0))
+                        answer = forked.read_message(key.fileobj)
+                        why = "" if answer is not None else self._lost(slot, "ended")
+                    except OSError as err:
+                        answer, why = None, self._lost(slot, f"cannot be read: {err!r}")
+                    answers[slot.rank] = (slot.rank, answer, why)
+        for slot in waiting.values():
+            why = self._lost(slot, f"gave no answer in {timeout_s:g} s")
+            answers[slot.rank] = (slot.rank, None, why)
+        return [answers[rank] for rank in sorted(answers)]
 
     def _lost(self, slot: Any, why: str) -> str:
         with contextlib.suppress(KeyError, OSError):

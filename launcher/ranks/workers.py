@@ -124,6 +124,8 @@ def _answer(call: bytes, ctx: RankContext) -> bytes:
 def serve(fd: int) -> int:
     """Answer calls on channel ``fd`` until it closes; then leave the process group."""
     ctx = RankContext.from_env(dict(os.environ))
+    os.set_inheritable(fd, False)  # a process the rank starts must not keep it open
+    os.environ.pop(CHANNEL_ENV, None)
     with socket.socket(fileno=fd) as sock:
         while (call := read_message(sock)) is not None:
             send_message(sock, _answer(call, ctx))

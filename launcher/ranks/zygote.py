@@ -490,7 +490,7 @@ class ZygoteServer:
         execute = bool(message.get("exec"))
         if channel is not None:
             env = {**env, forked.CHANNEL_ENV: str(channel)}
-            os.set_inheritable(channel, True)  # closed here once forked
+            os.set_inheritable(channel, execute)  # through execve; closed here once forked
         differ = [k for k in forked.STARTUP_ENV_KEYS if env.get(k) != self._startup_env.get(k)]
         if differ and not execute:
             raise _Refused(

@@ -136,9 +136,9 @@ def test_ctrl_c_tears_everything_down(ray_cluster, tmp_path):
         env=dict(os.environ),
     )
     deadline = time.monotonic() + 120
-    while time.monotonic() < deadline and len(rank_processes()) < 4:
+    while time.monotonic() < deadline and len(rank_processes(ray_cluster)) < 4:
         time.sleep(0.5)
-    assert len(rank_processes()) >= 4, "ranks never started"
+    assert len(rank_processes(ray_cluster)) >= 4, "ranks never started"
     time.sleep(2)
     proc.send_signal(signal.SIGINT)
     try:
@@ -149,9 +149,9 @@ def test_ctrl_c_tears_everything_down(ray_cluster, tmp_path):
             proc.communicate()
     assert proc.returncode != 0
     deadline = time.monotonic() + 30
-    while time.monotonic() < deadline and (rank_processes() or placement_groups_alive()):
+    while time.monotonic() < deadline and (rank_processes(ray_cluster) or placement_groups_alive()):
         time.sleep(0.5)
-    assert not live_actors() and not rank_processes(), output[-2000:]
+    assert not live_actors() and not rank_processes(ray_cluster), output[-2000:]
     assert not placement_groups_alive()
 
 

@@ -29,7 +29,7 @@ def group(ray_cluster):
     with WorkerGroup(cluster_config(nodes=2, gpus_per_node=2), timeout_s=120) as workers:
         yield workers
     assert not live_actors(), "actors outlived their WorkerGroup"
-    assert not rank_processes(), "ranks outlived their WorkerGroup"
+    assert not rank_processes(ray_cluster), "ranks outlived their WorkerGroup"
     assert not placement_groups_alive(), "placement group outlived its WorkerGroup"
 
 
@@ -152,11 +152,11 @@ def test_a_rank_failure_comes_back_whole_and_the_group_serves_on(group):
     assert group.run(lambda ctx: ctx.rank) == [0, 1, 2, 3]
 
 
-def test_a_stuck_or_dead_rank_is_named_and_nothing_is_left(group):
-    others = set(rank_processes())  # the module group's
+def test_a_stuck_or_dead_rank_is_named_and_nothing_is_left(ray_cluster, group):
+    others = set(rank_processes(ray_cluster))  # the module group's
     with WorkerGroup(cluster_config(nodes=1), timeout_s=60) as small:
         with pytest.raises(CollectiveTimeoutError, match="rank 1 .* no answer in 2 s"):
             small.run(lambda ctx: __import__("time").sleep(30 * ctx.rank), timeout_s=2)
         with pytest.raises(RankCallError, match="rank 0 .* ended"):
             small.run(lambda ctx: __import__("os")._exit(9))
-    assert set(rank_processes()) == others, "ranks outlived their WorkerGroup"
+    assert set(rank_processes(ray_cluster)) == others, "ranks outlived their WorkerGroup"
