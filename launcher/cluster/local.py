@@ -423,6 +423,9 @@ def stop_sessions(pgids: list[int], grace_s: float = 3.0) -> None:
     for pgid in pgids:
         with contextlib.suppress(ProcessLookupError, PermissionError):
             os.killpg(pgid, signal.SIGKILL)
+    deadline = time.monotonic() + 10.0  # a killed process can take a moment to go
+    while time.monotonic() < deadline and any(session_alive(p) for p in pgids):
+        time.sleep(0.05)
     for pgid in pgids:  # reap our direct children
         with contextlib.suppress(ChildProcessError, OSError):
             os.waitpid(pgid, os.WNOHANG)
